@@ -1,0 +1,237 @@
+"""Segmentation metrics for binary lesion masks: overlap, surface distance, volume, lesion-wise.
+
+Inputs are arrays of equal shape; any value > 0 is lesion, everything else background.
+``spacing_mm`` gives the voxel size in mm along each array axis, in array axis order.
+
+Voxel-wise ratios, from the confusion counts TP, FP, FN, TN (N = TP + FP + FN + TN):
+
+- Dice = 2TP / (2TP + FP + FN)
+- IoU = TP / (TP + FP + FN)
+- precision = TP / (TP + FP)
+- recall = TP / (TP + FN)
+- specificity = TN / (TN + FP)
+- accuracy = (TP + TN) / N
+
+Undefined ratios (denominator 0) never divide by zero. A ratio whose denominator is 0 is
+1.0 when its "opposite" error is also 0 (prediction and truth agree that the class is
+absent) and 0.0 otherwise:
+
+=============  ==================  ==========================  ====================================
+ratio          denominator 0 when  value                       meaning
+=============  ==================  ==========================  ====================================
+Dice, IoU      TP = FP = FN = 0    1.0                         both masks empty
+precision      TP + FP = 0         1.0 if FN = 0 else 0.0      no prediction; 0.0 = lesion missed
+recall         TP + FN = 0         1.0 if FP = 0 else 0.0      truth empty; 0.0 = false alarm
+specificity    TN + FP = 0         1.0 if FN = 0 else 0.0      truth all lesion; 0.0 = FN > 0
+accuracy       N = 0               1.0                         zero-size arrays
+=============  ==================  ==========================  ====================================
+
+Surface distances (MONAI ``compute_hausdorff_distance(percentile=95, directed=False)`` and
+``compute_average_surface_distance(symmetric=True)`` conventions):
+
+- The surface of a mask is its voxels with at least one 6-connected neighbour outside the
+  mask: ``mask & ~binary_erosion(mask, 3D cross, border_value=0)``, so mask voxels on the
+  array border are surface.
+- The directed distances A→B are, for every surface voxel of A, the Euclidean distance in mm
+  to the nearest surface voxel of B (``distance_transform_edt(~surface_B, sampling=spacing_mm)``).
+- hd95_mm = max(P95(A→B), P95(B→A)), the larger of the two directed 95th percentiles
+  (numpy ``method="linear"``), which is MONAI's rule; not the percentile of the union.
+- assd_mm = mean of the concatenation of A→B and B→A (each surface voxel weighs the same).
+- Both masks empty: hd95_mm = assd_mm = 0.0. Exactly one mask empty: both NaN (undefined).
+- Computed inside the bounding box of the union of both masks plus a 1-voxel margin, which
+  gives the same result as the full array.
+
+Volumes: volume_ml = voxel count × prod(spacing_mm) / 1000.
+
+Lesion-wise (ISLES'22 rules): lesions are connected components with 26-connectivity
+(``cc3d.connected_components(mask, connectivity=26)``). A truth lesion overlapping the
+prediction by at least one voxel is detected (lesion TP), otherwise missed (lesion FN); a
+predicted component overlapping no truth voxel is a lesion FP.
+lesion_f1 = 2TP / (2TP + FP + FN), 1.0 when neither mask has a lesion;
+lesion_count_diff = |lesions_pred - lesions_true|.
+
+Cohort figures: ``pooled_ratios`` sums TP/FP/FN/TN over cases, then applies the ratios above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "confusion_counts",
+    "evaluate",
+    "lesion_detection",
+    "pooled_ratios",
+    "ratios_from_counts",
+    "surface_distances_mm",
+]
+
+METRIC_COLUMNS: tuple[str, ...] = (
+    "tp",
+    "fp",
+    "fn",
+    "tn",
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "specificity",
+    "accuracy",
+    "hd95_mm",
+    "assd_mm",
+    "volume_pred_ml",
+    "volume_true_ml",
+    "abs_volume_diff_ml",
+    "lesion_f1",
+    "lesion_count_diff",
+    "lesions_true",
+    "lesions_pred",
+)
+
+_CROSS_3D = ndimage.generate_binary_structure(3, 1)
+
+
+def _as_mask(values: np.ndarray) -> np.ndarray:
+    """Return a bool lesion mask (> 0) of ``values``, without copying bool input."""
+    values = np.asarray(values)
+    return values if values.dtype == bool else values > 0
+
+
+def _mask_pair(
+    pred: np.ndarray, truth: np.ndarray, *, volumetric: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return bool masks of ``pred`` and ``truth``; ValueError on shape mismatch (or not 3D)."""
+    pred_mask, truth_mask = _as_mask(pred), _as_mask(truth)
+    if pred_mask.shape != truth_mask.shape:
+        raise ValueError(
+            f"pred shape {pred_mask.shape} does not match truth shape {truth_mask.shape}"
+        )
+    if volumetric and pred_mask.ndim != 3:
+        raise ValueError(f"expected 3D masks, got shape {pred_mask.shape}")
+    return pred_mask, truth_mask
+
+
+def _spacing(spacing_mm: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Return ``spacing_mm`` as three positive floats; ValueError otherwise."""
+    spacing = tuple(float(s) for s in spacing_mm)
+    if len(spacing) != 3 or not all(s > 0 for s in spacing):
+        raise ValueError(f"spacing_mm must be three positive numbers, got {spacing_mm!r}")
+    return spacing
+
+
+def _ratio(numerator: int, denominator: int, opposite_error: int) -> float:
+    """Return numerator/denominator, or 1.0/0.0 when the denominator is 0 (see module table)."""
+    if denominator == 0:
+        return 1.0 if opposite_error == 0 else 0.0
+    return numerator / denominator
+
+
+def confusion_counts(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
+    """Return voxel counts tp, fp, fn, tn of ``pred`` against ``truth`` as Python ints."""
+    pred_mask, truth_mask = _mask_pair(pred, truth)
+    tp = int(np.count_nonzero(pred_mask & truth_mask))
+    fp = int(np.count_nonzero(pred_mask)) - tp
+    fn = int(np.count_nonzero(truth_mask)) - tp
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": int(pred_mask.size) - tp - fp - fn}
+
+
+def ratios_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    """Return dice, iou, precision, recall, specificity, accuracy from confusion counts."""
+    return {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, fp + fn),
+        "iou": _ratio(tp, tp + fp + fn, fp + fn),
+        "precision": _ratio(tp, tp + fp, fn),
+        "recall": _ratio(tp, tp + fn, fp),
+        "specificity": _ratio(tn, tn + fp, fn),
+        "accuracy": _ratio(tp + tn, tp + fp + fn + tn, 0),
+    }
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Return the mask voxels with a 6-connected neighbour outside the mask or the array."""
+    return mask & ~ndimage.binary_erosion(mask, structure=_CROSS_3D, border_value=0)
+
+
+def surface_distances_mm(
+    pred: np.ndarray, truth: np.ndarray, spacing_mm: tuple[float, float, float]
+) -> dict[str, float]:
+    """Return hd95_mm and assd_mm between the surfaces of ``pred`` and ``truth``."""
+    pred_mask, truth_mask = _mask_pair(pred, truth, volumetric=True)
+    spacing = _spacing(spacing_mm)
+    pred_any, truth_any = bool(pred_mask.any()), bool(truth_mask.any())
+    if not (pred_any or truth_any):
+        return {"hd95_mm": 0.0, "assd_mm": 0.0}
+    if pred_any != truth_any:
+        return {"hd95_mm": float("nan"), "assd_mm": float("nan")}
+    nonzero = np.nonzero(pred_mask | truth_mask)
+    box = tuple(
+        slice(max(int(idx.min()) - 1, 0), min(int(idx.max()) + 2, size))
+        for idx, size in zip(nonzero, pred_mask.shape, strict=True)
+    )
+    pred_surface, truth_surface = _surface(pred_mask[box]), _surface(truth_mask[box])
+    pred_to_truth = ndimage.distance_transform_edt(~truth_surface, sampling=spacing)[pred_surface]
+    truth_to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)[truth_surface]
+    hd95 = max(
+        np.percentile(pred_to_truth, 95, method="linear"),
+        np.percentile(truth_to_pred, 95, method="linear"),
+    )
+    assd = np.concatenate([pred_to_truth, truth_to_pred]).mean()
+    return {"hd95_mm": float(hd95), "assd_mm": float(assd)}
+
+
+def lesion_detection(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
+    """Return lesion_f1, lesion_count_diff, lesions_true, lesions_pred (26-connected lesions)."""
+    pred_mask, truth_mask = _mask_pair(pred, truth, volumetric=True)
+    truth_labels, lesions_true = cc3d.connected_components(
+        truth_mask, connectivity=26, return_N=True
+    )
+    pred_labels, lesions_pred = cc3d.connected_components(pred_mask, connectivity=26, return_N=True)
+    detected = int(np.count_nonzero(np.unique(truth_labels[pred_mask])))
+    pred_hitting_truth = int(np.count_nonzero(np.unique(pred_labels[truth_mask])))
+    missed = int(lesions_true) - detected
+    false_alarms = int(lesions_pred) - pred_hitting_truth
+    return {
+        "lesion_f1": _ratio(2 * detected, 2 * detected + false_alarms + missed, 0),
+        "lesion_count_diff": abs(int(lesions_pred) - int(lesions_true)),
+        "lesions_true": int(lesions_true),
+        "lesions_pred": int(lesions_pred),
+    }
+
+
+def evaluate(
+    pred: np.ndarray, truth: np.ndarray, spacing_mm: tuple[float, float, float]
+) -> dict[str, float | int]:
+    """Return every metric of METRIC_COLUMNS for one case, keyed in that order."""
+    pred_mask, truth_mask = _mask_pair(pred, truth, volumetric=True)
+    voxel_ml = float(np.prod(_spacing(spacing_mm))) / 1000.0
+    counts = confusion_counts(pred_mask, truth_mask)
+    volume_pred_ml = (counts["tp"] + counts["fp"]) * voxel_ml
+    volume_true_ml = (counts["tp"] + counts["fn"]) * voxel_ml
+    metrics: dict[str, float | int] = {
+        **counts,
+        **ratios_from_counts(**counts),
+        **surface_distances_mm(pred_mask, truth_mask, spacing_mm),
+        "volume_pred_ml": volume_pred_ml,
+        "volume_true_ml": volume_true_ml,
+        "abs_volume_diff_ml": abs(counts["fp"] - counts["fn"]) * voxel_ml,
+        **lesion_detection(pred_mask, truth_mask),
+    }
+    return {name: metrics[name] for name in METRIC_COLUMNS}
+
+
+def pooled_ratios(rows: Iterable[Mapping]) -> dict[str, float]:
+    """Return the ratios of the tp/fp/fn/tn counts summed over ``rows`` (one row per case)."""
+    totals = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+    n_rows = 0
+    for row in rows:
+        for name in totals:
+            totals[name] += int(row[name])
+        n_rows += 1
+    if n_rows == 0:
+        raise ValueError("pooled_ratios needs at least one row")
+    return ratios_from_counts(**totals)

@@ -1,0 +1,139 @@
+"""Prepare a case for the network: RAS orientation, brain crop, z-score, padding; and undo it.
+
+The network always sees volumes in canonical RAS voxel order (axis 0 left→right, 1
+posterior→anterior, 2 inferior→superior), cropped to the brain's bounding box and padded so
+every axis is a multiple of 32. :class:`Geometry` records each step so that a prediction on
+that grid maps back to the source image voxel for voxel (flips and axis permutations only,
+no resampling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from nibabel import orientations
+
+from stroke_ray.volumes import CaseVolumes
+
+__all__ = ["Geometry", "Prepared", "prepare", "restore", "to_canonical", "zscore", "PAD_MULTIPLE"]
+
+PAD_MULTIPLE = 32
+_RAS = orientations.axcodes2ornt(("R", "A", "S"))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How the network grid relates to the source voxel grid."""
+
+    source_shape: tuple[int, int, int]
+    source_ornt: tuple[tuple[float, float], ...]  # nibabel orientation of the source axes
+    crop_start: tuple[int, int, int]  # first voxel of the brain box in canonical RAS
+    crop_shape: tuple[int, int, int]  # size of the brain box before padding
+    spacing_mm: tuple[float, float, float]  # voxel size along canonical RAS axes
+
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        """Source shape with the axes in RAS order."""
+        order = [int(axis) for axis, _ in self.source_ornt]
+        permuted = [0, 0, 0]
+        for source_axis, target_axis in enumerate(order):
+            permuted[target_axis] = self.source_shape[source_axis]
+        return tuple(permuted)  # type: ignore[return-value]
+
+
+@dataclass
+class Prepared:
+    """A case on the network grid."""
+
+    case_id: str
+    image: np.ndarray  # (4, X, Y, Z) float32, z-scored, RAS, cropped and padded
+    label: np.ndarray | None  # (X, Y, Z) uint8 on the same grid
+    brain: np.ndarray  # (X, Y, Z) bool: voxels inside the head/brain mask
+    geometry: Geometry
+
+
+def to_canonical(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Reorder the last three axes of ``volume`` from the affine's orientation to RAS."""
+    transform = orientations.ornt_transform(orientations.io_orientation(affine), _RAS)
+    return _apply_orientation(volume, transform)
+
+
+def _apply_orientation(volume: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """nibabel's apply_orientation on the last three axes (channels first are kept)."""
+    spatial_first = np.moveaxis(volume, range(volume.ndim - 3), range(3, volume.ndim))
+    moved = orientations.apply_orientation(spatial_first, transform)
+    return np.ascontiguousarray(np.moveaxis(moved, range(3, volume.ndim), range(volume.ndim - 3)))
+
+
+def zscore(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Z-score each channel over the mask voxels; zero outside the mask."""
+    out = np.zeros_like(images, dtype=np.float32)
+    for channel, image in enumerate(images):
+        values = image[mask]
+        std = float(values.std()) if values.size else 0.0
+        scale = std if std > 1e-6 else 1.0
+        out[channel][mask] = (values - float(values.mean() if values.size else 0.0)) / scale
+    return out
+
+
+def _padded_size(size: int) -> int:
+    return int(np.ceil(size / PAD_MULTIPLE) * PAD_MULTIPLE)
+
+
+def _brain_box(brain: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    coords = np.nonzero(brain)
+    start = tuple(int(c.min()) for c in coords)
+    stop = tuple(int(c.max()) + 1 for c in coords)
+    return start, tuple(b - a for a, b in zip(start, stop, strict=True))
+
+
+def _crop_pad(volume: np.ndarray, start, shape) -> np.ndarray:
+    lead = volume.ndim - 3
+    window = (slice(None),) * lead + tuple(
+        slice(a, a + n) for a, n in zip(start, shape, strict=True)
+    )
+    cropped = volume[window]
+    pad = [(0, 0)] * lead + [(0, _padded_size(n) - n) for n in shape]
+    return np.pad(cropped, pad)
+
+
+def prepare(case: CaseVolumes) -> Prepared:
+    """Reorient to RAS, crop to the brain box, z-score and pad to a multiple of 32."""
+    images = to_canonical(case.images, case.affine)
+    brain_full = np.any(images != 0, axis=0)
+    start, shape = _brain_box(brain_full)
+    source_ornt = orientations.io_orientation(case.affine)
+    zooms = np.asarray(case.spacing_mm, dtype=float)
+    spacing = [0.0, 0.0, 0.0]
+    for source_axis, (target_axis, _) in enumerate(source_ornt):
+        spacing[int(target_axis)] = float(zooms[source_axis])
+    geometry = Geometry(
+        source_shape=tuple(int(n) for n in case.images.shape[1:]),  # type: ignore[arg-type]
+        source_ornt=tuple((float(a), float(b)) for a, b in source_ornt),
+        crop_start=start,  # type: ignore[arg-type]
+        crop_shape=shape,  # type: ignore[arg-type]
+        spacing_mm=tuple(spacing),  # type: ignore[arg-type]
+    )
+    brain = _crop_pad(brain_full, start, shape)
+    label = None
+    if case.label is not None:
+        label = _crop_pad(to_canonical(case.label, case.affine), start, shape)
+    return Prepared(
+        case_id=case.case_id,
+        image=zscore(_crop_pad(images, start, shape), brain),
+        label=label,
+        brain=brain,
+        geometry=geometry,
+    )
+
+
+def restore(volume: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Map a volume on the network grid back to the source voxel grid (exact inverse)."""
+    canonical = np.zeros(geometry.canonical_shape, dtype=volume.dtype)
+    window = tuple(
+        slice(a, a + n) for a, n in zip(geometry.crop_start, geometry.crop_shape, strict=True)
+    )
+    canonical[window] = volume[tuple(slice(0, n) for n in geometry.crop_shape)]
+    transform = orientations.ornt_transform(_RAS, np.asarray(geometry.source_ornt))
+    return _apply_orientation(canonical, transform)

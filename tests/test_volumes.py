@@ -1,0 +1,201 @@
+"""Tests for stroke_ray.volumes: reading a case and rejecting bad inputs with clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import DEFAULT_SHAPE, affine_for, save_nifti, write_case
+
+from stroke_ray.cohort import SEQUENCES, Case
+from stroke_ray.volumes import AFFINE_TOLERANCE_MM, CaseError, read_case
+
+CASE_ID = "case07"
+
+
+def _loaded(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the data and affine of a NIfTI file as nibabel reads it."""
+    image = nib.load(path)
+    return np.asarray(image.get_fdata()), image.affine
+
+
+def _rewrite(path: str, data: np.ndarray, affine: np.ndarray | None = None) -> None:
+    """Overwrite a case file with new data (same affine unless given)."""
+    save_nifti(data, _loaded(path)[1] if affine is None else affine, Path(path))
+
+
+def test_read_case_ok(tmp_path: Path) -> None:
+    affine = affine_for("LPS", (0.9, 1.2, 3.0))
+    case = write_case(tmp_path, CASE_ID, affine=affine)
+    volumes = read_case(case)
+    assert volumes.case_id == CASE_ID
+    assert volumes.images.shape == (4, *DEFAULT_SHAPE)
+    assert volumes.images.dtype == np.float32
+    assert volumes.label is not None
+    assert volumes.label.dtype == np.uint8 and volumes.label.shape == DEFAULT_SHAPE
+    for channel, name in enumerate(SEQUENCES):
+        np.testing.assert_array_equal(
+            volumes.images[channel], _loaded(case.sequence_uris()[name])[0]
+        )
+    np.testing.assert_array_equal(volumes.label, _loaded(case.label)[0])
+    np.testing.assert_allclose(volumes.affine, affine)
+    assert volumes.spacing_mm == pytest.approx((0.9, 1.2, 3.0))
+
+
+def test_read_case_without_label(tmp_path: Path) -> None:
+    case = replace(write_case(tmp_path, CASE_ID), label=None)
+    assert read_case(case).label is None
+
+
+def test_int16_scaled_data_applies_scaling(tmp_path: Path) -> None:
+    case = write_case(tmp_path, CASE_ID)
+    raw = np.random.default_rng(3).integers(1, 3000, DEFAULT_SHAPE).astype(np.int16)
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape(DEFAULT_SHAPE)
+    header.set_qform(np.eye(4), code=1)
+    header.set_sform(np.eye(4), code=1)
+    header.set_slope_inter(0.25, -7.0)
+    header["vox_offset"] = 352
+    block = header.binaryblock + b"\x00" * (352 - len(header.binaryblock))
+    Path(case.t2).unlink()
+    t2 = tmp_path / "scaled_t2.nii"
+    t2.write_bytes(block + raw.tobytes(order="F"))
+
+    volumes = read_case(replace(case, t2=str(t2)))
+
+    np.testing.assert_allclose(volumes.images[1], raw.astype(np.float64) * 0.25 - 7.0)
+
+
+def test_4d_with_single_volume_accepted(tmp_path: Path) -> None:
+    case = write_case(tmp_path, CASE_ID)
+    data = _loaded(case.dwi)[0]
+    _rewrite(case.dwi, data[..., np.newaxis])
+    np.testing.assert_array_equal(read_case(case).images[3], data)
+
+
+def test_affine_within_tolerance_accepted(tmp_path: Path) -> None:
+    case = write_case(tmp_path, CASE_ID)
+    shifted = np.eye(4)
+    shifted[:3, 3] = AFFINE_TOLERANCE_MM / 5
+    _rewrite(case.t1, _loaded(case.t1)[0], shifted)
+    np.testing.assert_allclose(read_case(case).affine, np.eye(4))
+
+
+def _delete(case: Case) -> tuple[str, str]:
+    """Remove the T2 file."""
+    Path(case.t2).unlink()
+    return case.t2, "file not found"
+
+
+def _not_nifti(case: Case) -> tuple[str, str]:
+    """Replace DWI with random bytes."""
+    Path(case.dwi).write_bytes(np.random.default_rng(0).bytes(4096))
+    return case.dwi, "not a NIfTI"
+
+
+def _truncate(case: Case) -> tuple[str, str]:
+    """Cut the gzip stream of the reference FLAIR in half."""
+    data = Path(case.flair).read_bytes()
+    Path(case.flair).write_bytes(data[: len(data) // 2])
+    return case.flair, "truncated"
+
+
+def _other_shape(case: Case) -> tuple[str, str]:
+    """Give T1 one extra slice."""
+    _rewrite(case.t1, np.ones((DEFAULT_SHAPE[0], DEFAULT_SHAPE[1], DEFAULT_SHAPE[2] + 1)))
+    return case.t1, "shape"
+
+
+def _label_other_shape(case: Case) -> tuple[str, str]:
+    """Give the label a different grid."""
+    _rewrite(case.label or "", np.zeros((4, 4, 4), np.uint8))
+    return case.label or "", "shape"
+
+
+def _far_affine(case: Case) -> tuple[str, str]:
+    """Shift T2 by half a millimetre."""
+    shifted = np.eye(4)
+    shifted[0, 3] = 0.5
+    _rewrite(case.t2, _loaded(case.t2)[0], shifted)
+    return case.t2, "affine differs"
+
+
+def _nan(case: Case) -> tuple[str, str]:
+    """Put one NaN voxel in T1."""
+    data = _loaded(case.t1)[0].astype(np.float32)
+    data[3, 4, 5] = np.nan
+    _rewrite(case.t1, data)
+    return case.t1, "1 NaN/Inf voxels"
+
+
+def _inf(case: Case) -> tuple[str, str]:
+    """Put two infinite voxels in DWI."""
+    data = _loaded(case.dwi)[0].astype(np.float32)
+    data[0, 0, 0], data[1, 1, 1] = np.inf, -np.inf
+    _rewrite(case.dwi, data)
+    return case.dwi, "2 NaN/Inf voxels"
+
+
+def _all_zero(case: Case) -> tuple[str, str]:
+    """Blank the T2 volume."""
+    _rewrite(case.t2, np.zeros(DEFAULT_SHAPE, np.float32))
+    return case.t2, "all voxels are zero"
+
+
+def _four_d(case: Case) -> tuple[str, str]:
+    """Make FLAIR a two-volume 4D series."""
+    data = _loaded(case.flair)[0]
+    _rewrite(case.flair, np.stack([data, data], axis=-1))
+    return case.flair, "4D volume"
+
+
+def _non_binary_label(case: Case) -> tuple[str, str]:
+    """Write a label with values 0, 1 and 2."""
+    data = np.zeros(DEFAULT_SHAPE, np.uint8)
+    data[1, 1, 1], data[2, 2, 2] = 1, 2
+    _rewrite(case.label or "", data)
+    return case.label or "", "label is not binary (values 0, 1, 2"
+
+
+def _fractional_label(case: Case) -> tuple[str, str]:
+    """Write a soft (probability) label."""
+    data = np.zeros(DEFAULT_SHAPE, np.float32)
+    data[1, 1, 1] = 0.5
+    _rewrite(case.label or "", data)
+    return case.label or "", "not binary"
+
+
+BREAKERS: dict[str, Callable[[Case], tuple[str, str]]] = {
+    "missing_file": _delete,
+    "not_nifti": _not_nifti,
+    "truncated_gz": _truncate,
+    "other_shape": _other_shape,
+    "label_other_shape": _label_other_shape,
+    "affine_beyond_tolerance": _far_affine,
+    "nan": _nan,
+    "inf": _inf,
+    "all_zero": _all_zero,
+    "four_d": _four_d,
+    "non_binary_label": _non_binary_label,
+    "fractional_label": _fractional_label,
+}
+
+
+@pytest.mark.parametrize("breaker", BREAKERS.values(), ids=BREAKERS.keys())
+def test_bad_input_names_case_file_and_problem(
+    tmp_path: Path, breaker: Callable[[Case], tuple[str, str]]
+) -> None:
+    case = write_case(tmp_path, CASE_ID)
+    read_case(case)  # the untouched case is valid
+    broken_path, problem = breaker(case)
+    with pytest.raises(CaseError) as caught:
+        read_case(case)
+    message = str(caught.value)
+    assert f"case {CASE_ID}" in message
+    assert broken_path in message
+    assert problem in message
