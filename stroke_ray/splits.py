@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,7 +12,7 @@ __all__ = ["split_cases", "kfold_cases"]
 
 def _shuffled(case_ids: Sequence[str], seed: int) -> list[str]:
     ordered = sorted(case_ids)
-    duplicates = sorted({a for a, b in zip(ordered, ordered[1:]) if a == b})
+    duplicates = sorted(case for case, count in Counter(ordered).items() if count > 1)
     if duplicates:
         raise ValueError(f"duplicate case ids {duplicates}: a case would land on both sides")
     order = np.random.default_rng(seed).permutation(len(ordered))

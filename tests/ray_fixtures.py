@@ -85,10 +85,15 @@ def s3_options(s3_endpoint) -> dict:
 @pytest.fixture
 def s3_bucket(s3_options) -> str:
     """A fresh bucket; yields its s3:// URI."""
-    import s3fs
+    import boto3
 
     name = f"bucket-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem(**s3_options).mkdir(name)
+    boto3.client(
+        "s3",
+        aws_access_key_id=s3_options["key"],
+        aws_secret_access_key=s3_options["secret"],
+        **s3_options["client_kwargs"],
+    ).create_bucket(Bucket=name)
     return f"s3://{name}"
 
 

@@ -147,6 +147,7 @@ def test_pickle_payload_is_live(tmp_path: Path) -> None:
         ("resnet34", r"unexpected \['layer1\.2\."),
         ("resnet50", r"shape mismatch \['layer1\.0\.conv1\.weight \(64, 64, 1, 1\)"),
     ],
+    ids=["resnet34", "resnet50"],
 )
 def test_wrong_encoder_refused(tmp_path: Path, encoder: str, problem: str) -> None:
     path = tmp_path / f"{encoder}.pth"
