@@ -285,6 +285,84 @@ def _add_quickstart(subparsers) -> None:
     _add_common(parser)
 
 
+def _add_model_schedule(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", default="resnet50", help="smp encoder (default resnet50)")
+    parser.add_argument(
+        "--decoder-channels",
+        type=int,
+        nargs=5,
+        default=(256, 128, 64, 32, 16),
+        metavar="C",
+        help="U-Net decoder channels (default 256 128 64 32 16)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=QUICKSTART_TRAINING["epochs"],
+        help="epochs per training run (default %(default)s)",
+    )
+    parser.add_argument(
+        "--freeze-epochs",
+        type=int,
+        default=1,
+        help="frozen-encoder epochs for pretrained weights (default 1)",
+    )
+    parser.add_argument(
+        "--max-steps-per-epoch",
+        type=int,
+        default=QUICKSTART_TRAINING["max_steps_per_epoch"],
+        help="steps per epoch (default %(default)s)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per step (default 8)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the split and training (default 0)"
+    )
+
+
+def _add_experiment(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "experiment",
+        help="the paper's comparison: TL vs scratch, planes vs fusion modes",
+        description="Split the cohort by case (--test-fraction or --folds), train the three planes for every "
+        "weight setting, segment the held-out cases with every fusion mode and write metrics.parquet, "
+        "table.csv and table.md.",
+    )
+    parser.add_argument("--cohort", required=True, help="manifest or ISLES-layout folder")
+    parser.add_argument("--out", required=True, help="experiment folder")
+    split = parser.add_mutually_exclusive_group()
+    split.add_argument("--folds", type=int, default=None, help="K-fold cross-validation by case")
+    split.add_argument(
+        "--test-fraction", type=float, default=0.25, help="held-out share of cases (default 0.25)"
+    )
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        default=["imagenet", "none"],
+        help="weight settings to compare: imagenet, none (scratch) and/or paths/URIs of encoder weights (default imagenet none)",
+    )
+    parser.add_argument("--use-gpu", action="store_true", help="GPUs for training and segmentation")
+    _add_model_schedule(parser)
+    _add_common(parser)
+
+
+def _add_pretrain(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pretrain-encoder",
+        help="pretrain an encoder on a separate synthetic cohort (stand-in for ImageNet offline)",
+        description="Train an axial Res-UNet on a synthetic cohort generated with another seed and save its "
+        "encoder weights, to be given as --weights where ImageNet weights cannot be downloaded.",
+    )
+    parser.add_argument("out_file", help="where to write the encoder state dict (.pt)")
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="folder for the pretraining cohort and run (default: beside OUT_FILE)",
+    )
+    parser.add_argument("--cases", type=int, default=8, help="synthetic cases (default 8)")
+    _add_model_schedule(parser)
+    _add_common(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = argparse.ArgumentParser(
@@ -308,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     _add_quickstart(subparsers)
+    _add_experiment(subparsers)
+    _add_pretrain(subparsers)
     return parser
 
 
@@ -316,8 +396,7 @@ def _init_ray(args: argparse.Namespace) -> None:
 
     ray.init(
         address=args.address or os.environ.get("RAY_ADDRESS"),
-        log_to_driver=True,
-        include_dashboard=None,
+        ignore_reinit_error=True,
     )
     import ray.data
 
@@ -451,6 +530,66 @@ def run_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(manifest)
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "encoder_name": args.encoder,
+        "decoder_channels": tuple(args.decoder_channels),
+        "epochs": args.epochs,
+        "freeze_epochs": args.freeze_epochs,
+        "max_steps_per_epoch": args.max_steps_per_epoch,
+        "batch_size": args.batch_size,
+    }
+
+
+def run_experiment_command(args: argparse.Namespace) -> int:
+    """`stroke-ray experiment`."""
+    from stroke_ray.experiment import ExperimentConfig, run_experiment
+
+    _init_ray(args)
+    summary = run_experiment(
+        ExperimentConfig(
+            cohort=args.cohort,
+            out=args.out,
+            weights=tuple(args.weights),
+            folds=args.folds,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            training=_schedule(args),
+            use_gpu=args.use_gpu,
+            storage_options=args.storage_options,
+        )
+    )
+    from stroke_ray.io import join_uri, read_bytes
+
+    print(read_bytes(join_uri(args.out, "table.md"), args.storage_options).decode())
+    for weights, correlation in summary["qc_dice_agreement_correlation"].items():
+        if correlation is not None:
+            print(
+                f"{weights}: correlation of fused Dice with plane agreement r = {correlation:.3f}"
+            )
+    return 0
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    """`stroke-ray pretrain-encoder`."""
+    from stroke_ray.experiment import pretrain_encoder
+
+    _init_ray(args)
+    work_dir = args.work_dir or f"{os.path.splitext(args.out_file)[0]}_pretraining"
+    schedule = _schedule(args)
+    encoder = schedule.pop("encoder_name")
+    pretrain_encoder(
+        args.out_file,
+        work_dir=work_dir,
+        encoder_name=encoder,
+        cases=args.cases,
+        seed=1000 + args.seed,
+        training=schedule,
+    )
+    print(args.out_file)
     return 0
 
 

@@ -25,7 +25,7 @@ import logging
 import os
 import pickle
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import nibabel as nib
@@ -34,15 +34,15 @@ import ray
 import torch
 
 from stroke_ray.cohort import Case, load_cohort
-from stroke_ray.fusion import FUSION_MODES, fuse, probability_spread, vote_count
+from stroke_ray.fusion import FUSION_MODES, THRESHOLD, fuse, probability_spread, vote_count
 from stroke_ray.inference import predict_plane, restack
-from stroke_ray.io import StorageOptions, image_like, write_nifti_atomic
+from stroke_ray.io import StorageOptions, image_like, join_uri, write_nifti_atomic
 from stroke_ray.metrics import evaluate
 from stroke_ray.outputs import consolidate, finished_cases, mask_uri, write_case_rows
 from stroke_ray.planes import PLANES
 from stroke_ray.preprocess import prepare, restore
 from stroke_ray.qc import agreement_scores, qc_flag
-from stroke_ray.runs import load_plane_model, read_json, run_json_uri
+from stroke_ray.runs import load_plane_model, read_json, run_json_uri, write_json
 from stroke_ray.volumes import read_case
 
 __all__ = [
@@ -71,6 +71,7 @@ class SegmentConfig:
     batch_size: int = 16
     precision: str = "auto"
     save_planes: bool = False
+    extra_fusions: tuple[str, ...] = ()
     overwrite: bool = False
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -180,6 +181,7 @@ class ReduceSettings:
     fusion: str = "majority"
     plane_weights: dict[str, float] | None = None
     save_planes: bool = False
+    extra_fusions: tuple[str, ...] = ()
 
 
 def _write(data: np.ndarray, header: nib.Nifti1Header, uri: str, options: StorageOptions) -> str:
@@ -243,59 +245,74 @@ def reduce_case_row(
     }
 
 
+def _write_extras(probabilities, votes, geometry, header, case_id, settings, options) -> None:
+    """The QC vote map always; per-plane masks, probability and spread with save_planes."""
+    out = settings.out
+    _write(restore(votes, geometry), header, mask_uri(out, case_id, "qc", "_votes"), options)
+    if not settings.save_planes:
+        return
+    for plane, probability in probabilities.items():
+        plane_mask = restore((probability >= THRESHOLD).astype(np.uint8), geometry)
+        _write(plane_mask, header, mask_uri(out, case_id, "planes", f"_{plane}"), options)
+    mean = (sum(probabilities.values()) / len(probabilities)).astype(np.float32)
+    _write(restore(mean, geometry), header, mask_uri(out, case_id, "probability"), options)
+    spread = restore(probability_spread(probabilities), geometry)
+    _write(spread, header, mask_uri(out, case_id, "qc", "_spread"), options)
+
+
+def _qc_columns(probabilities, votes, fused, brain, spacing_mm) -> dict[str, Any]:
+    scores = agreement_scores(probabilities, votes, fused)
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    flag = qc_flag(
+        scores,
+        volume_ml=float(fused.sum()) * voxel_ml,
+        brain_ml=float(brain.sum()) * voxel_ml,
+        any_lesion=bool(votes.any()),
+    )
+    return {**scores, "qc_flag": flag}
+
+
 def _reduce(
     payload, case_id: str, settings: ReduceSettings, options, common
 ) -> list[dict[str, Any]]:
-    prepared = payload["prepared"]
+    prepared, geometry = payload["prepared"], payload["prepared"].geometry
     header = nib.Nifti1Header(binaryblock=payload["header"])
-    grid = prepared.brain.shape
     probabilities = {
-        plane: restack(prediction, grid, plane) for plane, prediction in payload["planes"].items()
+        plane: restack(prediction, prepared.brain.shape, plane)
+        for plane, prediction in payload["planes"].items()
     }
     fused = fuse(probabilities, settings.fusion, settings.plane_weights)
     votes = vote_count(probabilities)
-    geometry = prepared.geometry
-    source_masks = {
-        plane: restore((p >= 0.5).astype(np.uint8), geometry) for plane, p in probabilities.items()
+    masks = {
+        plane: restore((p >= THRESHOLD).astype(np.uint8), geometry)
+        for plane, p in probabilities.items()
     }
-    source_masks["fused"] = restore(fused, geometry)
-    out = settings.out
-    written = _write(source_masks["fused"], header, mask_uri(out, case_id), options)
-    _write(restore(votes, geometry), header, mask_uri(out, case_id, "qc", "_votes"), options)
-    if settings.save_planes:
-        for plane in probabilities:
-            _write(
-                source_masks[plane], header, mask_uri(out, case_id, "planes", f"_{plane}"), options
-            )
-        mean_probability = sum(probabilities.values()) / len(probabilities)
-        _write(
-            restore(mean_probability.astype(np.float32), geometry),
-            header,
-            mask_uri(out, case_id, "probability"),
-            options,
+    masks["fused"] = restore(fused, geometry)
+    for mode in settings.extra_fusions:
+        masks[f"fused_{mode}"] = restore(
+            fuse(probabilities, mode, settings.plane_weights), geometry
         )
-        _write(
-            restore(probability_spread(probabilities), geometry),
-            header,
-            mask_uri(out, case_id, "qc", "_spread"),
-            options,
-        )
+    written = _write(masks["fused"], header, mask_uri(settings.out, case_id), options)
+    _write_extras(probabilities, votes, geometry, header, case_id, settings, options)
     label = None
     if payload["label_bits"] is not None:
         size = int(np.prod(geometry.source_shape))
         label = np.unpackbits(payload["label_bits"], count=size).reshape(geometry.source_shape)
     spacing = payload["source_spacing_mm"]
-    rows = _metric_rows(case_id, source_masks, label, spacing, {**common, "mask_uri": written})
-    scores = agreement_scores(probabilities, votes, fused)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    flag = qc_flag(
-        scores,
-        volume_ml=float(fused.sum()) * voxel_ml,
-        brain_ml=float(prepared.brain.sum()) * voxel_ml,
-        any_lesion=bool(votes.any()),
-    )
-    rows[-1].update(scores, qc_flag=flag)
+    rows = _metric_rows(case_id, masks, label, spacing, {**common, "mask_uri": written})
+    qc = _qc_columns(probabilities, votes, fused, prepared.brain, spacing)
+    for row in rows:
+        if row["source"] == "fused":
+            row.update(qc)
+        elif row["source"].startswith("fused_"):
+            row["fusion"] = row["source"].removeprefix("fused_")
     return rows
+
+
+def _public_settings(config: SegmentConfig, run: dict[str, Any]) -> dict[str, Any]:
+    """What segment.json records about this job (no credentials)."""
+    values = {k: v for k, v in asdict(config).items() if k != "storage_options"}
+    return {**values, "run_id": run.get("run_id"), "planes": list(run["planes"])}
 
 
 def _threads_per_actor(config: SegmentConfig) -> int:
@@ -303,7 +320,7 @@ def _threads_per_actor(config: SegmentConfig) -> int:
 
 
 def _plane_weights(config: SegmentConfig, run: dict[str, Any]) -> dict[str, float] | None:
-    if config.fusion != "weighted":
+    if "weighted" not in (config.fusion, *config.extra_fusions):
         return None
     if config.plane_weights:
         return config.plane_weights
@@ -317,6 +334,7 @@ def segment(config: SegmentConfig, progress=None) -> tuple[Any, dict[str, Any]]:
     options = config.storage_options
     cases = load_cohort(config.cohort, options)
     run = read_json(run_json_uri(config.model), options)
+    write_json(_public_settings(config, run), join_uri(config.out, "segment.json"), options)
     done = set() if config.overwrite else finished_cases(config.out, options)
     todo = [case for case in cases if case.case_id not in done]
     logger.info(
@@ -338,6 +356,7 @@ def _run_pipeline(config: SegmentConfig, run: dict[str, Any], todo: list[Case], 
         fusion=config.fusion,
         plane_weights=_plane_weights(config, run),
         save_planes=config.save_planes,
+        extra_fusions=tuple(config.extra_fusions),
     )
     dataset = ray.data.from_items([case.to_dict() for case in todo], override_num_blocks=len(todo))
     dataset = dataset.map(read_case_row, fn_kwargs={"options_ref": options_ref}, num_cpus=0.5)

@@ -19,7 +19,7 @@ def ray_local():
     """One local Ray instance for the whole session (2 CPUs, no dashboard)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -54,7 +54,8 @@ def trained_run(ray_local, demo_manifest, tmp_path_factory) -> Path:
     return out
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -65,7 +66,7 @@ def s3_endpoint():
     """A moto S3 server on 127.0.0.1 at a free port; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
