@@ -363,6 +363,31 @@ def _add_pretrain(subparsers) -> None:
     _add_common(parser)
 
 
+def _add_report(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML report of a segmentation or experiment folder",
+        description="Write one HTML file (figures embedded, no network needed) with the run, the summary "
+        "table, a sortable per-case table, Dice box plots, training curves, the QC scatter and "
+        "FLAIR/DWI pictures of the worst cases with truth and prediction outlined.",
+    )
+    parser.add_argument("out", help="segmentation output folder or experiment folder (path or URI)")
+    parser.add_argument(
+        "--html",
+        default=None,
+        metavar="PATH",
+        help="where to write the report (default OUT/report.html)",
+    )
+    parser.add_argument(
+        "--max-cases",
+        type=int,
+        default=50,
+        metavar="N",
+        help="case pictures, worst fused Dice first (default 50)",
+    )
+    _add_common(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = argparse.ArgumentParser(
@@ -386,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     _add_quickstart(subparsers)
+    _add_report(subparsers)
     _add_experiment(subparsers)
     _add_pretrain(subparsers)
     return parser
@@ -593,11 +619,26 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    """`stroke-ray report`."""
+    from stroke_ray.report import write_report
+
+    print(
+        write_report(
+            args.out, args.html, max_cases=args.max_cases, storage_options=args.storage_options
+        )
+    )
+    return 0
+
+
 COMMANDS = {
     "demo": run_demo,
     "train": run_train,
     "segment": run_segment,
     "quickstart": run_quickstart,
+    "report": run_report,
+    "experiment": run_experiment_command,
+    "pretrain-encoder": run_pretrain,
 }
 
 
@@ -610,11 +651,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from stroke_ray.cohort import ManifestError
     from stroke_ray.model import WeightsError
+    from stroke_ray.report import ReportError
     from stroke_ray.train import TrainError
 
     try:
         return COMMANDS[args.command](args)
-    except (ManifestError, WeightsError, TrainError) as err:
+    except (ManifestError, WeightsError, TrainError, ReportError) as err:
         logger.error("%s", err)
         return 2
 

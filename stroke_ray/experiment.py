@@ -201,6 +201,8 @@ def qc_correlation(frame: pd.DataFrame) -> float | None:
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Run every arm of the protocol and write the tables; return experiment.json's content."""
+    if "://" not in config.out:
+        config = replace(config, out=os.path.abspath(config.out))
     options = config.storage_options
     cases = [_absolute(case) for case in load_cohort(config.cohort, options)]
     by_id = {case.case_id: case for case in cases}

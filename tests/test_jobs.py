@@ -36,7 +36,11 @@ def ray_head(tmp_path_factory):
     command = [RAY, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true"]
     command += [f"{flag}={port}" for flag, port in ports.items()]
     log = open(tmp_path_factory.mktemp("head") / "head.log", "w")  # noqa: SIM115
-    head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # the job's `python` must be this environment's, as on a cluster whose nodes installed the package
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    head = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
     address = f"http://127.0.0.1:{ports['--dashboard-port']}"
     deadline = time.time() + 120
     while time.time() < deadline:

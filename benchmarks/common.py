@@ -1,0 +1,200 @@
+"""Shared benchmark helpers: machine notes, result files, random-weight runs, Ray, peak RSS."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from stroke_ray.model import ModelConfig, build_model
+from stroke_ray.planes import PLANES
+from stroke_ray.runs import package_versions, run_json_uri, save_plane_model, write_json
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+TINY_DECODER = (16, 8, 8, 4, 4)
+_SAMPLE_INTERVAL_S = 0.2
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script runs")
+    parser.add_argument(
+        "--workdir", help="keep cohorts, runs and outputs here (default: a deleted temp folder)"
+    )
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR), help="where JSON/CSV go")
+    return parser
+
+
+@contextmanager
+def workdir(path: str | None) -> Iterator[Path]:
+    """The given folder (created, kept) or a temporary one (deleted afterwards)."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="stroke-ray-bench-") as folder:
+        yield Path(folder)
+
+
+def load_average() -> dict[str, float]:
+    """The 1, 5 and 15-minute load averages (as `uptime` shows them)."""
+    one, five, fifteen = os.getloadavg()
+    return {"1min": round(one, 2), "5min": round(five, 2), "15min": round(fifteen, 2)}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                wanted = ("avx512f", "avx512_bf16", "amx_bf16", "avx2")
+                return [flag for flag in line.split(":", 1)[1].split() if flag in wanted]
+    except OSError:
+        pass
+    return []
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory, GPU, library versions and the date."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+        "versions": package_versions(),
+    }
+
+
+def write_results(
+    name: str,
+    payload: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    results_dir: str,
+    smoke: bool,
+) -> Path:
+    """Write ``<name>.json`` (payload) and ``<name>.csv`` (rows); smoke runs go to smoke/."""
+    folder = Path(results_dir) / "smoke" if smoke else Path(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    if rows:
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        with (folder / f"{name}.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    print(f"results: {path}")
+    return path
+
+
+def make_random_run(
+    run_dir: Path,
+    encoder_name: str = "resnet50",
+    decoder_channels: tuple[int, ...] = ModelConfig().decoder_channels,
+    seed: int = 0,
+) -> Path:
+    """An untrained run folder: random weights for each plane and a minimal run.json."""
+    config = ModelConfig(encoder_name=encoder_name, decoder_channels=decoder_channels)
+    for number, plane in enumerate(PLANES):
+        torch.manual_seed(seed + number)
+        save_plane_model(build_model(config, "none").state_dict(), str(run_dir), plane)
+    run = {
+        "run_id": run_dir.name,
+        "model": config.to_dict(),
+        "planes": {plane: {"val_dice": 0.5} for plane in PLANES},
+    }
+    write_json(run, run_json_uri(str(run_dir)))
+    return run_dir
+
+
+def subset_manifest(manifest: Path, count: int, name: str) -> Path:
+    """A manifest beside ``manifest`` holding its first ``count`` cases."""
+    lines = manifest.read_text().splitlines(keepends=True)
+    target = manifest.with_name(name)
+    target.write_text("".join(lines[: count + 1]))
+    return target
+
+
+def start_ray(num_cpus: int = 2) -> float:
+    """Start a private local Ray instance (never another session's cluster); its seconds."""
+    import ray
+    import ray.data
+
+    started = time.perf_counter()
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return time.perf_counter() - started
+
+
+def tree_rss() -> int:
+    """Sum of the RSS of this process and all its descendants, in bytes."""
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+class PeakRss:
+    """Samples :func:`tree_rss` every 0.2 s in a thread and keeps the peak (a context)."""
+
+    def __init__(self, interval_s: float = _SAMPLE_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, tree_rss())
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> PeakRss:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def peak_mib(self) -> float:
+        """The peak in MiB."""
+        return round(self.peak_bytes / 2**20, 1)

@@ -1,0 +1,229 @@
+"""Bare plane-model forward vs the whole Ray Data segment job (slices/s), and job peak memory.
+
+(a) bare: each case is read and prepared outside the timer, then ``predict_plane`` runs over
+the three planes with the job's batch size, precision and thread count; (b) job:
+``segment()`` on the same cohort in a fresh OUT after a one-case warm-up job (``ray.init``
+excluded); ratio = job slices/s / bare slices/s. (c) peak RSS of the process tree (driver +
+every Ray process) for a job on a small and a four-times larger cohort of small volumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import (
+    TINY_DECODER,
+    PeakRss,
+    base_parser,
+    load_average,
+    machine_info,
+    make_random_run,
+    start_ray,
+    subset_manifest,
+    workdir,
+    write_results,
+)
+from stroke_ray.cohort import load_cohort
+from stroke_ray.demo import generate_cohort
+from stroke_ray.inference import predict_plane
+from stroke_ray.model import ModelConfig
+from stroke_ray.planes import PLANES, brain_slice_indices, volume_to_slices
+from stroke_ray.preprocess import Prepared, prepare
+from stroke_ray.runs import load_plane_model
+from stroke_ray.segment import SegmentConfig, _threads_per_actor, segment
+from stroke_ray.volumes import read_case
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options (defaults: the real measurement)."""
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--encoder", default="resnet50")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-actors", type=int, default=1)
+    parser.add_argument("--cases", type=int, default=6)
+    parser.add_argument("--shape", type=int, nargs=3, default=(128, 128, 96))
+    parser.add_argument("--spacing", type=float, default=1.5)
+    parser.add_argument("--memory-cases", type=int, nargs=2, default=(10, 40))
+    parser.add_argument("--memory-shape", type=int, nargs=3, default=(64, 64, 48))
+    args = parser.parse_args()
+    args.decoder = ModelConfig().decoder_channels
+    if args.smoke:
+        args.encoder, args.decoder, args.cases = "resnet18", TINY_DECODER, 2
+        args.shape, args.spacing = (32, 32, 24), 3.0
+        args.memory_cases, args.memory_shape = (2, 4), (32, 32, 24)
+    return args
+
+
+def _job_config(args: argparse.Namespace, manifest: Path, run_dir: Path, out: Path):
+    return SegmentConfig(
+        cohort=str(manifest),
+        model=str(run_dir),
+        out=str(out),
+        batch_size=args.batch_size,
+        precision=args.precision,
+        num_actors=args.num_actors,
+    )
+
+
+def _warm_brain(brain: np.ndarray, plane: str, count: int) -> np.ndarray:
+    """The brain mask restricted to the plane's first ``count`` brain slices."""
+    keep = brain_slice_indices(brain, plane)[:count]
+    mask = np.zeros_like(brain)
+    volume_to_slices(mask, plane)[keep] = volume_to_slices(brain, plane)[keep]
+    return mask
+
+
+def _prepared_cases(manifest: Path) -> list[Prepared]:
+    return [prepare(read_case(case)) for case in load_cohort(str(manifest))]
+
+
+def bare_forward(args: argparse.Namespace, manifest: Path, run_dir: Path) -> dict[str, Any]:
+    """Time predict_plane over every case's three planes, data prepared beforehand."""
+    job_rule = SegmentConfig(cohort="", model="", out="", num_actors=args.num_actors)
+    threads = _threads_per_actor(job_rule)
+    torch.set_num_threads(threads)
+    models = {plane: load_plane_model(str(run_dir), plane) for plane in PLANES}
+    options = {"batch_size": args.batch_size, "precision": args.precision}
+    per_case = []
+    for prepared in _prepared_cases(manifest):
+        if not per_case:  # warm-up: one batch per plane, untimed
+            for plane, model in models.items():
+                warm = _warm_brain(prepared.brain, plane, args.batch_size)
+                predict_plane(model, prepared.image, warm, plane, **options)
+        started = time.perf_counter()
+        slices = sum(
+            len(predict_plane(model, prepared.image, prepared.brain, plane, **options)[0])
+            for plane, model in models.items()
+        )
+        seconds = time.perf_counter() - started
+        per_case.append({"case_id": prepared.case_id, "slices": slices, "seconds": seconds})
+    slices = sum(row["slices"] for row in per_case)
+    seconds = sum(row["seconds"] for row in per_case)
+    return {
+        "threads": threads,
+        "slices": slices,
+        "seconds": round(seconds, 3),
+        "slices_per_s": round(slices / seconds, 2),
+        "per_case": per_case,
+    }
+
+
+def run_job(args: argparse.Namespace, manifest: Path, run_dir: Path, out: Path) -> float:
+    """Seconds of one segment job; fails unless every case ends ok."""
+    started = time.perf_counter()
+    _, summary = segment(_job_config(args, manifest, run_dir, out))
+    seconds = time.perf_counter() - started
+    if summary["status_counts"]["ok"] != summary["cases"]:
+        raise RuntimeError(f"segment job had failures: {summary['errors']}")
+    return seconds
+
+
+def whole_job(
+    args: argparse.Namespace, manifest: Path, run_dir: Path, root: Path, slices: int
+) -> dict[str, Any]:
+    """Warm-up job on one case, then the timed job on the whole cohort."""
+    warmup = run_job(args, subset_manifest(manifest, 1, "warmup.csv"), run_dir, root / "out_warm")
+    seconds = run_job(args, manifest, run_dir, root / "out_job")
+    return {
+        "warmup_seconds": round(warmup, 3),
+        "slices": slices,
+        "seconds": round(seconds, 3),
+        "slices_per_s": round(slices / seconds, 2),
+    }
+
+
+def job_memory(args: argparse.Namespace, run_dir: Path, root: Path) -> dict[str, Any]:
+    """Peak process-tree RSS of a job on the smaller and the larger cohort."""
+    small, large = args.memory_cases
+    manifest = generate_cohort(root / "memory_cohort", n_cases=large, shape=args.memory_shape)
+    runs = []
+    for count in (small, large):
+        cohort = subset_manifest(manifest, count, f"manifest_{count}.csv")
+        gc.collect()
+        with PeakRss() as peak:
+            seconds = run_job(args, cohort, run_dir, root / f"out_memory_{count}")
+        runs.append({"cases": count, "peak_mib": peak.peak_mib, "seconds": round(seconds, 2)})
+    return {
+        "shape": list(args.memory_shape),
+        "runs": runs,
+        "peak_ratio_large_over_small": round(runs[1]["peak_mib"] / runs[0]["peak_mib"], 3),
+    }
+
+
+def _rows(bare: dict, job: dict, memory: dict) -> list[dict[str, Any]]:
+    rows = [{"kind": "bare_case", **row} for row in bare["per_case"]]
+    rows.append({"kind": "bare_total", **{k: bare[k] for k in ("slices", "seconds")}})
+    rows.append({"kind": "job_total", **{k: job[k] for k in ("slices", "seconds")}})
+    rows.extend({"kind": "memory_job", **row} for row in memory["runs"])
+    return rows
+
+
+def main() -> None:
+    """Run (a), (b), (c) and save segment_throughput.json/.csv."""
+    args = parse_args()
+    load_before = load_average()
+    with workdir(args.workdir) as root:
+        manifest = generate_cohort(
+            root / "cohort", n_cases=args.cases, shape=args.shape, spacing_mm=args.spacing
+        )
+        run_dir = make_random_run(root / "run", args.encoder, args.decoder)
+        bare = bare_forward(args, manifest, run_dir)
+        print(
+            f"bare forward: {bare['slices']} slices in {bare['seconds']} s = "
+            f"{bare['slices_per_s']} slices/s ({bare['threads']} threads)"
+        )
+        gc.collect()
+        ray_init_seconds = start_ray()
+        job = whole_job(args, manifest, run_dir, root, bare["slices"])
+        ratio = round(job["slices_per_s"] / bare["slices_per_s"], 3)
+        print(
+            f"whole job: {job['slices']} slices in {job['seconds']} s = "
+            f"{job['slices_per_s']} slices/s; job/bare = {ratio}"
+        )
+        memory = job_memory(args, run_dir, root)
+        for row in memory["runs"]:
+            print(f"job on {row['cases']} cases: peak tree RSS {row['peak_mib']} MiB")
+        print(f"peak ratio large/small = {memory['peak_ratio_large_over_small']}")
+    payload = {
+        "benchmark": "segment_throughput",
+        "smoke": args.smoke,
+        "machine": machine_info(),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "settings": {
+            "encoder": args.encoder,
+            "decoder_channels": list(args.decoder),
+            "precision": args.precision,
+            "batch_size": args.batch_size,
+            "num_actors": args.num_actors,
+            "cases": args.cases,
+            "shape": list(args.shape),
+            "spacing_mm": args.spacing,
+        },
+        "ray_init_seconds": round(ray_init_seconds, 2),
+        "bare": bare,
+        "job": job,
+        "ratio_job_over_bare": ratio,
+        "job_overhead_vs_bare": round(job["seconds"] / bare["seconds"] - 1, 3),
+        "memory": memory,
+    }
+    print(f"load average before {load_before}, after {payload['load_average_after']}")
+    write_results(
+        "segment_throughput",
+        payload,
+        _rows(bare, job, memory),
+        results_dir=args.results_dir,
+        smoke=args.smoke,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The per-case part of the report: QC scatter, sortable case table, case pictures.
+
+Case pictures read each case with :func:`stroke_ray.volumes.read_case` and its fused mask,
+reorient both to RAS with :func:`stroke_ray.preprocess.to_canonical` so every case is the
+same way up, and draw FLAIR and DWI in three planes with the truth and prediction outlined.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from nibabel import orientations
+
+from stroke_ray import figures
+from stroke_ray import report_html as h
+from stroke_ray.cohort import SEQUENCES, Case, load_cohort
+from stroke_ray.io import StorageOptions, read_image
+from stroke_ray.outputs import mask_uri
+from stroke_ray.planes import PLANES
+from stroke_ray.preprocess import to_canonical
+from stroke_ray.volumes import CaseVolumes, read_case
+
+__all__ = ["ras_views", "case_sections"]
+
+logger = logging.getLogger(__name__)
+
+_SHOWN_SEQUENCES = ("flair", "dwi")
+
+
+def _ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size along the RAS axes that to_canonical produces."""
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    spacing = [0.0, 0.0, 0.0]
+    for source_axis, (target_axis, _) in enumerate(orientations.io_orientation(affine)):
+        spacing[int(target_axis)] = float(zooms[source_axis])
+    return tuple(spacing)  # type: ignore[return-value]
+
+
+def ras_views(
+    volumes: CaseVolumes, prediction: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray, tuple[float, float, float]]:
+    """FLAIR and DWI, truth and prediction reoriented to RAS, with the RAS voxel size in mm."""
+    affine = volumes.affine
+    channels = [SEQUENCES.index(name) for name in _SHOWN_SEQUENCES]
+    images = to_canonical(volumes.images[channels], affine)
+    truth = None if volumes.label is None else to_canonical(volumes.label, affine)
+    return (
+        {name.upper(): image for name, image in zip(_SHOWN_SEQUENCES, images, strict=True)},
+        truth,
+        to_canonical(prediction, affine),
+        _ras_spacing(affine),
+    )
+
+
+def _ranked_cases(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Fused rows: errors first, then worst Dice first, unlabelled last."""
+    fused = metrics[metrics["source"] == "fused"].copy()
+    fused["_error"] = fused["status"] != "error"
+    return fused.sort_values(["_error", "dice", "case_id"], na_position="last").drop(
+        columns="_error"
+    )
+
+
+def _picture(case: Case, row: dict[str, Any], out: str, options: StorageOptions) -> bytes:
+    volumes = read_case(case, options)
+    mask = np.asanyarray(read_image(mask_uri(out, case.case_id), options).dataobj)
+    if mask.shape != volumes.images.shape[1:]:
+        raise ValueError(f"mask shape {mask.shape} != image shape {volumes.images.shape[1:]}")
+    images, truth, prediction, spacing = ras_views(volumes, (mask > 0).astype(np.uint8))
+    title = f"{case.case_id}: fused Dice {h.number(row['dice'])}"
+    return figures.case_figure(images, truth, prediction, spacing, title)
+
+
+def _picture_caption(row: dict[str, Any]) -> str:
+    flag = f", QC flag {row['qc_flag']}" if isinstance(row.get("qc_flag"), str) else ""
+    return (
+        f"{row['case_id']} ({row['status']}): fused Dice {h.number(row['dice'])}, "
+        f"volume {h.number(row['volume_pred_ml'], 2)} ml predicted / "
+        f"{h.number(row['volume_true_ml'], 2)} ml true, plane agreement "
+        f"{h.number(row['agreement_dice'])}{flag}. Rows FLAIR and DWI; slices through the "
+        "voxel of truth ∪ prediction nearest its centre of mass; green outline ground truth, magenta prediction; "
+        f"{figures.CONVENTION}; pixels drawn to scale from the voxel spacing."
+    )
+
+
+def _case_pictures(
+    out: str, metrics: pd.DataFrame, cohort: str | None, max_cases: int, options: StorageOptions
+) -> tuple[list[str], set[str]]:
+    """Figures of the worst cases (up to ``max_cases``) and the ids that got one."""
+    ranked = _ranked_cases(metrics)
+    rows = ranked[ranked["status"] != "error"].head(max_cases).to_dict("records")
+    if not rows:
+        return [], set()
+    if not cohort:
+        return [h.note("segment.json names no cohort: no case pictures")], set()
+    cases = {case.case_id: case for case in load_cohort(cohort, options)}
+    parts, pictured = [], set()
+    for row in rows:
+        case_id = row["case_id"]
+        try:
+            png = _picture(cases[case_id], row, out, options)
+        except Exception as err:  # noqa: BLE001 - one unreadable case must not stop the report
+            logger.warning("no picture of case %s: %s", case_id, err)
+            parts.append(h.note(f"{case_id}: no picture ({type(err).__name__}: {err})"))
+            continue
+        parts.append(h.figure(png, f"case {case_id}", _picture_caption(row), f"case-{case_id}"))
+        pictured.add(case_id)
+    logger.info("drew %d case pictures", len(pictured))
+    return parts, pictured
+
+
+def _case_table(metrics: pd.DataFrame, pictured: set[str]) -> str:
+    ranked = _ranked_cases(metrics)
+    plane_rows = metrics[metrics["source"].isin(PLANES)]
+    plane_dice = plane_rows.set_index(["case_id", "source"])["dice"].to_dict()
+    header = ["case", "status", "fused Dice", *[f"{p} Dice" for p in PLANES], "HD95 mm"]
+    header += ["volume pred ml", "volume true ml", "QC score", "unanimous", "QC flag", "error"]
+    rows = []
+    for row in ranked.to_dict("records"):
+        case_id = row["case_id"]
+        rows.append(
+            [
+                h.link(case_id, f"case-{case_id}") if case_id in pictured else case_id,
+                row["status"],
+                h.Number(row["dice"]),
+                *[h.Number(plane_dice.get((case_id, plane))) for plane in PLANES],
+                h.Number(row["hd95_mm"], 1),
+                h.Number(row["volume_pred_ml"], 2),
+                h.Number(row["volume_true_ml"], 2),
+                h.Number(row["agreement_dice"]),
+                h.Number(row["unanimous_fraction"]),
+                row["qc_flag"] if isinstance(row["qc_flag"], str) else None,
+                row["error"] if isinstance(row["error"], str) else None,
+            ]
+        )
+    classes = ["error" if status == "error" else "" for status in ranked["status"]]
+    return h.table(header, rows, sortable=True, row_classes=classes)
+
+
+def _correlation(x: pd.Series, y: pd.Series) -> float:
+    if x.std() == 0 or y.std() == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _qc_section(metrics: pd.DataFrame) -> str:
+    fused = metrics[(metrics["source"] == "fused") & (metrics["status"] == "ok")]
+    points = fused.dropna(subset=["dice", "agreement_dice"])
+    if len(points) < 3:
+        return h.section("QC", h.note(f"{len(points)} labelled cases: the scatter needs 3"))
+    r = _correlation(points["agreement_dice"], points["dice"])
+    text = "undefined (constant values)" if math.isnan(r) else f"{r:.3f}"
+    png = figures.qc_scatter(points, f"Pearson r = {text}")
+    caption = (
+        f"Fused Dice against the QC score (mean pairwise Dice of the three plane masks) for "
+        f"{len(points)} labelled cases; Pearson r = {text}. Red points carry a QC flag."
+    )
+    return h.section("QC: plane agreement vs Dice", h.figure(png, "QC scatter", caption))
+
+
+def case_sections(
+    out: str,
+    metrics: pd.DataFrame,
+    cohort: str | None,
+    *,
+    max_cases: int,
+    options: StorageOptions,
+    label: str,
+) -> str:
+    """QC scatter, sortable case table and case pictures of one segmentation folder."""
+    pictures, pictured = _case_pictures(out, metrics, cohort, max_cases, options)
+    table = _case_table(metrics, pictured)
+    intro = h.note(
+        f"{label}. Click a column header to sort; case ids link to their picture "
+        f"(the {max_cases} worst by fused Dice at most). QC score = plane agreement."
+    )
+    return "".join(
+        [
+            _qc_section(metrics),
+            h.section("Cases", intro, table),
+            h.section("Case pictures", *(pictures or [h.note("no case pictures")])),
+        ]
+    )
