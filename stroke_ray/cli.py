@@ -19,7 +19,8 @@ __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("stroke_ray")
 
-QUICKSTART_TRAINING = {"epochs": 3, "freeze_epochs": 0, "max_steps_per_epoch": 25, "batch_size": 8}
+QUICKSTART_EPOCHS = 3  # the demo schedule: minutes on a 2-core CPU
+QUICKSTART_STEPS_PER_EPOCH = 25
 
 
 def _storage_options(text: str | None) -> dict[str, Any] | None:
@@ -64,15 +65,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, help="run folder to create or resume (local path or URI)"
     )
-    parser.add_argument("--encoder", default="resnet50", help="smp encoder name (default resnet50)")
-    parser.add_argument(
-        "--decoder-channels",
-        type=int,
-        nargs=5,
-        default=(256, 128, 64, 32, 16),
-        metavar="C",
-        help="U-Net decoder channels, five values (default 256 128 64 32 16)",
-    )
+    _add_architecture(parser)
     parser.add_argument(
         "--weights",
         default="imagenet",
@@ -264,41 +257,33 @@ def _add_quickstart(subparsers) -> None:
         help="folder for cohort/, run/ and segmentation/ (default ./stroke-ray-demo)",
     )
     parser.add_argument("--cases", type=int, default=8, help="demo cases (default 8)")
-    parser.add_argument("--encoder", default="resnet50", help="smp encoder (default resnet50)")
     parser.add_argument(
         "--weights",
         default="none",
         help="initial weights: none (default, no download needed), imagenet, or a file",
     )
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        default=QUICKSTART_TRAINING["epochs"],
-        help=f"epochs (default {QUICKSTART_TRAINING['epochs']})",
-    )
-    parser.add_argument(
-        "--max-steps-per-epoch",
-        type=int,
-        default=QUICKSTART_TRAINING["max_steps_per_epoch"],
-        help="steps per epoch (default %(default)s)",
-    )
+    _add_model_schedule(parser)
     _add_common(parser)
 
 
-def _add_model_schedule(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--encoder", default="resnet50", help="smp encoder (default resnet50)")
+def _add_architecture(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", default="resnet50", help="smp encoder name (default resnet50)")
     parser.add_argument(
         "--decoder-channels",
         type=int,
         nargs=5,
         default=(256, 128, 64, 32, 16),
         metavar="C",
-        help="U-Net decoder channels (default 256 128 64 32 16)",
+        help="U-Net decoder channels, five values (default 256 128 64 32 16)",
     )
+
+
+def _add_model_schedule(parser: argparse.ArgumentParser) -> None:
+    _add_architecture(parser)
     parser.add_argument(
         "--epochs",
         type=int,
-        default=QUICKSTART_TRAINING["epochs"],
+        default=QUICKSTART_EPOCHS,
         help="epochs per training run (default %(default)s)",
     )
     parser.add_argument(
@@ -310,7 +295,7 @@ def _add_model_schedule(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-steps-per-epoch",
         type=int,
-        default=QUICKSTART_TRAINING["max_steps_per_epoch"],
+        default=QUICKSTART_STEPS_PER_EPOCH,
         help="steps per epoch (default %(default)s)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="slices per step (default 8)")
@@ -515,22 +500,17 @@ def run_quickstart(args: argparse.Namespace) -> int:
     from stroke_ray.train import TrainConfig, train
 
     root = Path(args.out_dir)
-    manifest = generate_cohort(root / "cohort", n_cases=args.cases)
+    manifest = generate_cohort(root / "cohort", n_cases=args.cases, seed=args.seed)
     print(f"demo cohort: {manifest}")
     _init_ray(args)
     run_dir = str(root / "run")
-    schedule = {
-        **QUICKSTART_TRAINING,
-        "epochs": args.epochs,
-        "max_steps_per_epoch": args.max_steps_per_epoch,
-    }
     run = train(
         TrainConfig(
             cohort=str(manifest),
             out=run_dir,
-            encoder_name=args.encoder,
             weights=args.weights,
-            **schedule,
+            seed=args.seed,
+            **_schedule(args),
         )
     )
     for plane, values in run["planes"].items():

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import fsspec
 import pandas as pd
 
-from stroke_ray.io import StorageOptions, join_uri, read_bytes
+from stroke_ray.io import StorageOptions, absolute_uri, join_uri, read_bytes
 
 __all__ = [
     "SEQUENCES",
@@ -125,7 +125,7 @@ def _frame_to_cases(frame: pd.DataFrame, root: str, source: str) -> list[Case]:
 def read_manifest(uri: str, storage_options: StorageOptions = None) -> list[Case]:
     """Read a CSV or Parquet manifest and resolve its entries."""
     data = read_bytes(uri, storage_options)
-    root = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri else "."
+    root = absolute_uri(uri).rstrip("/").rsplit("/", 1)[0]
     try:
         if uri.lower().endswith(".parquet"):
             frame = pd.read_parquet(io.BytesIO(data))

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from stroke_ray.cohort import Case, cases_to_frame, load_cohort
-from stroke_ray.io import StorageOptions, join_uri, write_bytes_atomic
+from stroke_ray.io import StorageOptions, absolute_uri, join_uri, write_bytes_atomic
 from stroke_ray.runs import write_json, write_parquet
 from stroke_ray.segment import SegmentConfig, segment
 from stroke_ray.splits import kfold_cases, split_cases
@@ -71,15 +71,6 @@ def weights_label(weights: str) -> str:
         return "imagenet"
     stem = os.path.basename(weights.rstrip("/")).split(".")[0]
     return f"pretrained-{stem}"
-
-
-def _absolute(case: Case) -> Case:
-    def fix(uri: str | None) -> str | None:
-        return uri if uri is None or "://" in uri else os.path.abspath(uri)
-
-    return Case(
-        case.case_id, *(fix(getattr(case, k)) for k in ("t1", "t2", "flair", "dwi", "label"))
-    )
 
 
 def _write_manifest(cases: list[Case], uri: str, options: StorageOptions) -> str:
@@ -201,10 +192,9 @@ def qc_correlation(frame: pd.DataFrame) -> float | None:
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Run every arm of the protocol and write the tables; return experiment.json's content."""
-    if "://" not in config.out:
-        config = replace(config, out=os.path.abspath(config.out))
+    config = replace(config, out=absolute_uri(config.out))
     options = config.storage_options
-    cases = [_absolute(case) for case in load_cohort(config.cohort, options)]
+    cases = load_cohort(config.cohort, options)
     by_id = {case.case_id: case for case in cases}
     folds = _folds(config, sorted(by_id))
     arms, frames = [], []

@@ -23,6 +23,7 @@ import numpy as np
 
 __all__ = [
     "ImageReadError",
+    "absolute_uri",
     "exists",
     "join_uri",
     "read_bytes",
@@ -47,6 +48,11 @@ class ImageReadError(ValueError):
 def _filesystem(uri: str, storage_options: StorageOptions) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
     return fs, path
+
+
+def absolute_uri(uri: str) -> str:
+    """A URI unchanged, a local path made absolute (Ray workers do not share our cwd)."""
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
 def join_uri(base: str, *parts: str) -> str:

@@ -47,7 +47,9 @@ class Prepared:
     """A case on the network grid."""
 
     case_id: str
-    image: np.ndarray  # (4, X, Y, Z) float32, z-scored, RAS, cropped and padded
+    image: (
+        np.ndarray | None
+    )  # (4, X, Y, Z) float32, z-scored, RAS, cropped, padded (None once predicted)
     label: np.ndarray | None  # (X, Y, Z) uint8 on the same grid
     brain: np.ndarray  # (X, Y, Z) bool: voxels inside the head/brain mask
     geometry: Geometry

@@ -25,7 +25,7 @@ import logging
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import nibabel as nib
@@ -36,7 +36,7 @@ import torch
 from stroke_ray.cohort import Case, load_cohort
 from stroke_ray.fusion import FUSION_MODES, THRESHOLD, fuse, probability_spread, vote_count
 from stroke_ray.inference import predict_plane, restack
-from stroke_ray.io import StorageOptions, image_like, join_uri, write_nifti_atomic
+from stroke_ray.io import StorageOptions, absolute_uri, image_like, join_uri, write_nifti_atomic
 from stroke_ray.metrics import evaluate
 from stroke_ray.outputs import consolidate, finished_cases, mask_uri, write_case_rows
 from stroke_ray.planes import PLANES
@@ -152,6 +152,7 @@ class PlanePredictor:
             plane: predict_plane(model, prepared.image, prepared.brain, plane, **self.options)
             for plane, model in self.models.items()
         }
+        prepared.image = None  # the reduce stage needs the predictions, not the input again
         return payload
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -316,7 +317,9 @@ def _public_settings(config: SegmentConfig, run: dict[str, Any]) -> dict[str, An
 
 
 def _threads_per_actor(config: SegmentConfig) -> int:
-    return max(1, (os.cpu_count() or 1) // max(config.num_actors, 1))
+    """CPU actors share the node's cores (read/write tasks run beside them)."""
+    node_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    return max(1, node_cpus // max(config.num_actors, 1))
 
 
 def _plane_weights(config: SegmentConfig, run: dict[str, Any]) -> dict[str, float] | None:
@@ -331,6 +334,7 @@ def segment(config: SegmentConfig, progress=None) -> tuple[Any, dict[str, Any]]:
     """Segment a cohort with a trained run; return (metrics frame, summary)."""
     if config.fusion not in FUSION_MODES:
         raise ValueError(f"unknown fusion {config.fusion!r}; choose one of {FUSION_MODES}")
+    config = replace(config, model=absolute_uri(config.model), out=absolute_uri(config.out))
     options = config.storage_options
     cases = load_cohort(config.cohort, options)
     run = read_json(run_json_uri(config.model), options)
@@ -359,7 +363,10 @@ def _run_pipeline(config: SegmentConfig, run: dict[str, Any], todo: list[Case], 
         extra_fusions=tuple(config.extra_fusions),
     )
     dataset = ray.data.from_items([case.to_dict() for case in todo], override_num_blocks=len(todo))
-    dataset = dataset.map(read_case_row, fn_kwargs={"options_ref": options_ref}, num_cpus=0.5)
+    # read and write are light tasks (0.25 CPU) kept apart from the model actors (1 CPU):
+    # different resources stop Ray Data from fusing reading into the actor, so a case is
+    # read while the previous one is predicted
+    dataset = dataset.map(read_case_row, fn_kwargs={"options_ref": options_ref}, num_cpus=0.25)
     dataset = dataset.map_batches(
         PlanePredictor,
         fn_constructor_args=(config.model,),
@@ -374,12 +381,12 @@ def _run_pipeline(config: SegmentConfig, run: dict[str, Any], todo: list[Case], 
         },
         batch_size=1,
         batch_format="numpy",
-        concurrency=config.num_actors,
+        compute=ray.data.ActorPoolStrategy(size=config.num_actors),
         num_gpus=1 if config.use_gpu else 0,
-        num_cpus=1 if config.use_gpu else 0.5,
+        num_cpus=1,
     )
     dataset = dataset.map(
-        reduce_case_row, fn_kwargs={"settings": settings, "options_ref": options_ref}, num_cpus=0.5
+        reduce_case_row, fn_kwargs={"settings": settings, "options_ref": options_ref}, num_cpus=0.25
     )
     for result in dataset.iter_rows():
         if progress is not None:

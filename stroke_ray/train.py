@@ -31,7 +31,7 @@ import ray
 import torch
 
 from stroke_ray.cohort import Case, load_cohort
-from stroke_ray.io import StorageOptions
+from stroke_ray.io import StorageOptions, absolute_uri
 from stroke_ray.losses import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_LESION_WEIGHT, HybridLoss
 from stroke_ray.model import ModelConfig, build_model, set_encoder_trainable
 from stroke_ray.planes import PLANES
@@ -201,6 +201,11 @@ def train_plane_loop(loop_config: dict) -> None:
     val_data = PlaneSlices.from_cases(
         _load_prepared(loop_config["val_cases"][rank::world], options, plane), plane
     )
+    if not len(train_data) or not len(val_data):
+        raise TrainError(
+            f"plane {plane}, worker {rank}: no usable {'training' if not len(train_data) else 'validation'} "
+            "slices (every assigned case failed to load; see the warnings above)"
+        )
     model = build_model(config.model_config, config.weights, options)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     start_epoch, history, best_model, best_dice = _restore_state(model, optimizer)
@@ -373,6 +378,7 @@ def _previous_results(config: TrainConfig) -> tuple[dict, pd.DataFrame]:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train the plane models and write the run folder; return the run summary."""
+    config = replace(config, cohort=absolute_uri(config.cohort), out=absolute_uri(config.out))
     if config.restart:
         _clear_run(config)
     build_model(config.model_config, config.weights, config.storage_options)  # fail fast

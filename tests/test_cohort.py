@@ -265,3 +265,15 @@ def test_case_id_with_slash_in_csv(tmp_path: Path) -> None:
     manifest = _write_csv(tmp_path / "m.csv", [_row("../evil", "x")])
     with pytest.raises(ManifestError, match="is not allowed"):
         read_manifest(str(manifest))
+
+
+def test_relative_manifest_gives_absolute_paths(tmp_path, monkeypatch):
+    """Ray workers do not share the driver's working directory: entries must be absolute."""
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    (folder / "manifest.csv").write_text(
+        "case_id,t1,t2,flair,dwi,label\nc1,a/t1.nii,a/t2.nii,a/flair.nii,a/dwi.nii,\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    (case,) = load_cohort("cohort/manifest.csv")
+    assert case.t1 == str(folder / "a" / "t1.nii")

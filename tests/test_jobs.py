@@ -53,6 +53,9 @@ def ray_head(tmp_path_factory):
     os.killpg(head.pid, signal.SIGTERM)
     head.wait(timeout=60)
     log.close()
+    current = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` would remove
+    if current.exists() and current.read_text().strip().endswith(f":{ports['--port']}"):
+        current.unlink()
 
 
 def _submit(address: str, script: str, *args: str) -> subprocess.CompletedProcess:
