@@ -441,6 +441,7 @@ def _train_config(args: argparse.Namespace):
         cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures,
         restart=args.restart,
+        progress_bars=sys.stderr.isatty(),
         storage_options=args.storage_options,
     )
 
@@ -510,6 +511,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
             out=run_dir,
             weights=args.weights,
             seed=args.seed,
+            progress_bars=sys.stderr.isatty(),
             **_schedule(args),
         )
     )

@@ -90,6 +90,7 @@ class TrainConfig:
     max_failures: int = 2
     min_cases: int = 2
     restart: bool = False
+    progress_bars: bool = False
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -185,6 +186,17 @@ def _set_phase(model, optimizer, *, frozen: bool, lr: float) -> None:
         group["lr"] = lr
 
 
+def _epoch_bar(config: TrainConfig, plane: str, start_epoch: int):
+    """A per-plane epoch bar drawn by the driver (Ray's tqdm), when asked for."""
+    if not config.progress_bars:
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    bar = tqdm(desc=f"training {plane}", total=config.epochs, unit="epoch")
+    bar.update(start_epoch)
+    return bar
+
+
 def train_plane_loop(loop_config: dict) -> None:
     """Ray Train worker loop for one plane (also runs without Ray in unit tests)."""
     config: TrainConfig = loop_config["config"]
@@ -217,6 +229,7 @@ def train_plane_loop(loop_config: dict) -> None:
         steps = min(steps, config.max_steps_per_epoch)
 
     wrapped = None
+    bar = _epoch_bar(config, plane, start_epoch) if rank == 0 else None
     for epoch in range(start_epoch, config.epochs):
         frozen = epoch < config.effective_freeze_epochs
         lr = config.lr if frozen or config.effective_freeze_epochs == 0 else config.finetune_lr
@@ -274,6 +287,8 @@ def train_plane_loop(loop_config: dict) -> None:
                 "history": [[row[k] for k in keys] for row in history],
             }
         _report(metrics, state)
+        if bar is not None:
+            bar.update(1)
 
 
 # --------------------------------------------------------------------------- driver
