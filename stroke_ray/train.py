@@ -393,7 +393,14 @@ def _previous_results(config: TrainConfig) -> tuple[dict, pd.DataFrame]:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train the plane models and write the run folder; return the run summary."""
-    config = replace(config, cohort=absolute_uri(config.cohort), out=absolute_uri(config.out))
+    weights = (
+        config.weights
+        if config.weights in ("imagenet", "none", "")
+        else absolute_uri(config.weights)
+    )
+    config = replace(
+        config, cohort=absolute_uri(config.cohort), out=absolute_uri(config.out), weights=weights
+    )
     if config.restart:
         _clear_run(config)
     build_model(config.model_config, config.weights, config.storage_options)  # fail fast

@@ -115,26 +115,27 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, demo_manifest, tm
     assert run["planes"]["axial"]["epochs"] == 4
 
 
-def test_pretrained_encoder_file_is_frozen_then_fine_tuned(ray_local, demo_manifest, tmp_path):
+def test_pretrained_encoder_file_is_frozen_then_fine_tuned(
+    ray_local, demo_manifest, tmp_path, monkeypatch
+):
     import segmentation_models_pytorch as smp
 
     from stroke_ray.train import train
 
     encoder = smp.Unet("resnet18", encoder_weights=None, in_channels=4, classes=2).encoder
-    weights = tmp_path / "encoder.pth"
-    torch.save(encoder.state_dict(), weights)
-    out = tmp_path / "run"
+    torch.save(encoder.state_dict(), tmp_path / "encoder.pth")
+    monkeypatch.chdir(tmp_path)  # relative paths: Ray workers run elsewhere, must still find them
     config = tiny_train_config(
         demo_manifest,
-        out,
+        "run",
         planes=("axial",),
-        weights=str(weights),
+        weights="encoder.pth",
         freeze_epochs=1,
         lr=1e-3,
         finetune_lr=1e-5,
     )
     train(config)
-    history = pd.read_parquet(out / "history.parquet").sort_values("epoch")
+    history = pd.read_parquet(tmp_path / "run" / "history.parquet").sort_values("epoch")
     assert history["encoder_frozen"].tolist() == [True, False]
     assert history["lr"].tolist() == [1e-3, 1e-5]
 
