@@ -362,6 +362,14 @@ def _fit_plane(config: TrainConfig, plane: str, loop_inputs: dict, cpus: float):
     return trainer.fit()
 
 
+def _result(plane: str, future) -> Any:
+    """A plane's fit result; a failed plane becomes a TrainError naming it."""
+    try:
+        return future.result()
+    except ray.train.TrainingFailedError as err:
+        raise TrainError(f"plane {plane}: training failed: {err}") from err
+
+
 def _collect(result, config: TrainConfig, plane: str) -> tuple[float, list[dict]]:
     """Copy a finished plane's best weights into the run folder; return (Dice, history)."""
     if result.checkpoint is None:
@@ -438,7 +446,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     logger.info("training planes %s (%.2f CPU per worker)", todo, cpus)
     with ThreadPoolExecutor(max_workers=max(len(todo), 1)) as pool:
         futures = {p: pool.submit(_fit_plane, config, p, loop_inputs, cpus) for p in todo}
-        results = {p: future.result() for p, future in futures.items()}
+        results = {p: _result(p, future) for p, future in futures.items()}
     frames = [history[~history["plane"].isin(todo)]] if not history.empty else []
     for plane, result in results.items():
         best_dice, plane_history = _collect(result, config, plane)
