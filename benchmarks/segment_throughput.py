@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from stroke_ray.model import ModelConfig
 from stroke_ray.planes import PLANES, brain_slice_indices, volume_to_slices
 from stroke_ray.preprocess import Prepared, prepare
 from stroke_ray.runs import load_plane_model
-from stroke_ray.segment import SegmentConfig, _threads_per_actor, segment
+from stroke_ray.segment import SegmentConfig, segment
 from stroke_ray.volumes import read_case
 
 
@@ -87,8 +88,7 @@ def _prepared_cases(manifest: Path) -> list[Prepared]:
 
 def bare_forward(args: argparse.Namespace, manifest: Path, run_dir: Path) -> dict[str, Any]:
     """Time predict_plane over every case's three planes, data prepared beforehand."""
-    job_rule = SegmentConfig(cohort="", model="", out="", num_actors=args.num_actors)
-    threads = _threads_per_actor(job_rule)
+    threads = max(1, (os.cpu_count() or 1) // args.num_actors)  # the job's rule on one node
     torch.set_num_threads(threads)
     models = {plane: load_plane_model(str(run_dir), plane) for plane in PLANES}
     options = {"batch_size": args.batch_size, "precision": args.precision}
