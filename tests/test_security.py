@@ -11,7 +11,9 @@ SECRET = "SECRET-do-not-write-me"
 
 
 def test_train_config_written_to_run_json_has_no_credentials():
-    config = TrainConfig(cohort="s3://b/m.csv", out="s3://b/run", storage_options={"secret": SECRET})
+    config = TrainConfig(
+        cohort="s3://b/m.csv", out="s3://b/run", storage_options={"secret": SECRET}
+    )
     assert SECRET not in json.dumps(config.public_dict())
     assert SECRET not in repr(config)
 
