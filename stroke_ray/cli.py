@@ -634,11 +634,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stroke_ray.cohort import ManifestError
     from stroke_ray.model import WeightsError
     from stroke_ray.report import ReportError
+    from stroke_ray.runs import RunNotReadyError
     from stroke_ray.train import TrainError
 
     try:
         return COMMANDS[args.command](args)
-    except (ManifestError, WeightsError, TrainError, ReportError) as err:
+    except (ManifestError, WeightsError, TrainError, ReportError, RunNotReadyError) as err:
         logger.error("%s", err)
         return 2
 

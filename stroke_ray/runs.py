@@ -25,6 +25,8 @@ from stroke_ray.io import StorageOptions, exists, join_uri, read_bytes, write_by
 from stroke_ray.model import ModelConfig, build_model, load_weights
 
 __all__ = [
+    "RunNotReadyError",
+    "finished_run",
     "model_uri",
     "history_uri",
     "run_json_uri",
@@ -38,6 +40,31 @@ __all__ = [
     "read_parquet",
     "package_versions",
 ]
+
+
+class RunNotReadyError(ValueError):
+    """A run folder cannot be used for segmentation (missing, unfinished or incomplete)."""
+
+
+def finished_run(run_dir: str, storage_options: StorageOptions = None) -> dict[str, Any]:
+    """run.json of a finished run whose plane weights all exist, else RunNotReadyError."""
+    try:
+        run = read_json(run_json_uri(run_dir), storage_options)
+    except Exception as err:  # noqa: BLE001 - missing or unreadable: same answer
+        raise RunNotReadyError(
+            f"{run_dir}: no readable run.json, not a training run ({err})"
+        ) from err
+    if run.get("status") != "finished":
+        raise RunNotReadyError(
+            f"{run_dir}: training has not finished (status {run.get('status')!r}); rerun "
+            "`stroke-ray train` with the same --out to resume it"
+        )
+    missing = [
+        p for p in run.get("planes", {}) if not plane_model_exists(run_dir, p, storage_options)
+    ]
+    if missing or not run.get("planes"):
+        raise RunNotReadyError(f"{run_dir}: weights missing for planes {missing or 'all'}")
+    return run
 
 
 def run_json_uri(run_dir: str) -> str:

@@ -42,7 +42,7 @@ from stroke_ray.outputs import consolidate, finished_cases, mask_uri, write_case
 from stroke_ray.planes import PLANES
 from stroke_ray.preprocess import prepare, restore
 from stroke_ray.qc import agreement_scores, qc_flag
-from stroke_ray.runs import load_plane_model, read_json, run_json_uri, write_json
+from stroke_ray.runs import finished_run, load_plane_model, write_json
 from stroke_ray.volumes import read_case
 
 __all__ = [
@@ -337,7 +337,7 @@ def segment(config: SegmentConfig, progress=None) -> tuple[Any, dict[str, Any]]:
     config = replace(config, model=absolute_uri(config.model), out=absolute_uri(config.out))
     options = config.storage_options
     cases = load_cohort(config.cohort, options)
-    run = read_json(run_json_uri(config.model), options)
+    run = finished_run(config.model, options)
     write_json(_public_settings(config, run), join_uri(config.out, "segment.json"), options)
     done = set() if config.overwrite else finished_cases(config.out, options)
     todo = [case for case in cases if case.case_id not in done]
