@@ -27,8 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from stroke_ray.fusion import FUSION_MODES
 from stroke_ray.io import StorageOptions, join_uri, write_bytes_atomic
 from stroke_ray.metrics import METRIC_COLUMNS, pooled_ratios
+from stroke_ray.planes import PLANES
 from stroke_ray.runs import write_json
 
 __all__ = [
@@ -41,10 +43,13 @@ __all__ = [
     "finished_cases",
     "consolidate",
     "summarise",
+    "source_order",
+    "source_summary",
 ]
 
 SOURCES: tuple[str, ...] = ("axial", "coronal", "sagittal", "fused")
 STATUSES: tuple[str, ...] = ("ok", "unlabelled", "error")
+POOLED_RATIOS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "specificity")
 _INT_COLUMNS = {"tp", "fp", "fn", "tn", "lesion_count_diff", "lesions_true", "lesions_pred"}
 METRICS_SCHEMA = pa.schema(
     [
@@ -120,31 +125,52 @@ def finished_cases(out: str, options: StorageOptions = None) -> set[str]:
     return set(frame.loc[frame["status"] != "error", "case_id"])
 
 
+def source_order(sources: set[str]) -> list[str]:
+    """Planes, then fused and fused_<mode> in FUSION_MODES order, then anything else."""
+    order = [*PLANES, "fused", *[f"fused_{mode}" for mode in FUSION_MODES]]
+    return [s for s in order if s in sources] + sorted(sources - set(order))
+
+
+def source_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per source: labelled cases, Dice mean/sd/median and ratios pooled from summed counts."""
+    ok = frame[frame["status"] == "ok"]
+    rows = []
+    for source in source_order(set(ok["source"])):
+        part = ok[ok["source"] == source]
+        pooled = pooled_ratios(part[["tp", "fp", "fn", "tn"]].to_dict("records"))
+        rows.append(
+            {
+                "source": source,
+                "cases": len(part),
+                "dice_mean": part["dice"].mean(),
+                "dice_sd": part["dice"].std(),
+                "dice_median": part["dice"].median(),
+                **{f"{name}_pooled": pooled[name] for name in POOLED_RATIOS},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def summarise(frame: pd.DataFrame) -> dict[str, Any]:
     """Cohort summary: case counts by status and, per source, mean/median/pooled Dice."""
-    per_source = {}
-    for source, rows in frame[frame["status"] == "ok"].groupby("source"):
-        pooled = pooled_ratios(rows[["tp", "fp", "fn", "tn"]].to_dict("records"))
-        per_source[source] = {
-            "cases": int(len(rows)),
-            "dice_mean": float(rows["dice"].mean()),
-            "dice_median": float(rows["dice"].median()),
-            "dice_pooled": pooled["dice"],
-            "iou_pooled": pooled["iou"],
-            "precision_pooled": pooled["precision"],
-            "recall_pooled": pooled["recall"],
-        }
+    keys = (
+        "dice_mean",
+        "dice_median",
+        "dice_pooled",
+        "iou_pooled",
+        "precision_pooled",
+        "recall_pooled",
+    )
+    per_source = {
+        row["source"]: {"cases": int(row["cases"]), **{key: float(row[key]) for key in keys}}
+        for _, row in source_summary(frame).iterrows()
+    }
     fused = frame[frame["source"] == "fused"]
+    errors = fused[fused["status"] == "error"]
     return {
         "cases": int(fused["case_id"].nunique()),
         "status_counts": {s: int((fused["status"] == s).sum()) for s in STATUSES},
-        "errors": dict(
-            zip(
-                fused.loc[fused.status == "error", "case_id"],
-                fused.loc[fused.status == "error", "error"],
-                strict=True,
-            )
-        ),
+        "errors": dict(zip(errors["case_id"], errors["error"], strict=True)),
         "sources": per_source,
     }
 

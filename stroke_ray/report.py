@@ -23,7 +23,6 @@ import pandas as pd
 
 from stroke_ray import figures
 from stroke_ray import report_html as h
-from stroke_ray.fusion import FUSION_MODES
 from stroke_ray.io import (
     StorageOptions,
     exists,
@@ -31,8 +30,7 @@ from stroke_ray.io import (
     read_bytes,
     write_bytes_atomic,
 )
-from stroke_ray.metrics import pooled_ratios
-from stroke_ray.outputs import summarise
+from stroke_ray.outputs import POOLED_RATIOS, source_order, source_summary, summarise
 from stroke_ray.planes import PLANES
 from stroke_ray.report_cases import case_sections
 from stroke_ray.runs import history_uri, read_json, read_parquet, run_json_uri
@@ -50,7 +48,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _SCRATCH = ("", "none", "scratch")
-_POOLED = ("dice", "iou", "precision", "recall", "specificity")
 
 
 class ReportError(ValueError):
@@ -100,12 +97,6 @@ def weights_label(weights: str | None) -> str:
     return "scratch" if _is_scratch(weights) else f"TL ({weights})"
 
 
-def source_order(sources: set[str]) -> list[str]:
-    """Planes, then fused and fused_<mode> in FUSION_MODES order, then anything else."""
-    order = [*PLANES, "fused", *[f"fused_{mode}" for mode in FUSION_MODES]]
-    return [s for s in order if s in sources] + sorted(sources - set(order))
-
-
 def _describe_weights(weights: str | None) -> str:
     if weights is None:
         return "unknown"
@@ -116,37 +107,17 @@ def _describe_weights(weights: str | None) -> str:
     return f"{weights}: pretrained checkpoint (transfer learning)"
 
 
-def source_summary(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per source: labelled cases, Dice mean/sd/median and ratios pooled from summed counts."""
-    ok = metrics[metrics["status"] == "ok"]
-    rows = []
-    for source in source_order(set(ok["source"])):
-        part = ok[ok["source"] == source]
-        pooled = pooled_ratios(part[["tp", "fp", "fn", "tn"]].to_dict("records"))
-        rows.append(
-            {
-                "source": source,
-                "cases": len(part),
-                "dice_mean": part["dice"].mean(),
-                "dice_sd": part["dice"].std(),
-                "dice_median": part["dice"].median(),
-                **{f"{name}_pooled": pooled[name] for name in _POOLED},
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 def _source_table(summary: pd.DataFrame) -> str:
     """The per-source summary with mean ± sd in one column."""
     header = ["source", "labelled cases", "Dice mean ± sd", "Dice median"]
-    header += [f"pooled {name}" for name in _POOLED]
+    header += [f"pooled {name}" for name in POOLED_RATIOS]
     rows = [
         [
             row["source"],
             h.Number(row["cases"], 0),
             f"{h.number(row['dice_mean'])} ± {h.number(row['dice_sd'])}",
             h.Number(row["dice_median"]),
-            *[h.Number(row[f"{name}_pooled"]) for name in _POOLED],
+            *[h.Number(row[f"{name}_pooled"]) for name in POOLED_RATIOS],
         ]
         for row in summary.to_dict("records")
     ]
