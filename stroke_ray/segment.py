@@ -246,15 +246,16 @@ def reduce_case_row(
     }
 
 
-def _write_extras(probabilities, votes, geometry, header, case_id, settings, options) -> None:
+def _write_extras(
+    probabilities, plane_masks, votes, geometry, header, case_id, settings, options
+) -> None:
     """The QC vote map always; per-plane masks, probability and spread with save_planes."""
     out = settings.out
     _write(restore(votes, geometry), header, mask_uri(out, case_id, "qc", "_votes"), options)
     if not settings.save_planes:
         return
-    for plane, probability in probabilities.items():
-        plane_mask = restore((probability >= THRESHOLD).astype(np.uint8), geometry)
-        _write(plane_mask, header, mask_uri(out, case_id, "planes", f"_{plane}"), options)
+    for plane in probabilities:
+        _write(plane_masks[plane], header, mask_uri(out, case_id, "planes", f"_{plane}"), options)
     mean = (sum(probabilities.values()) / len(probabilities)).astype(np.float32)
     _write(restore(mean, geometry), header, mask_uri(out, case_id, "probability"), options)
     spread = restore(probability_spread(probabilities), geometry)
@@ -294,7 +295,7 @@ def _reduce(
             fuse(probabilities, mode, settings.plane_weights), geometry
         )
     written = _write(masks["fused"], header, mask_uri(settings.out, case_id), options)
-    _write_extras(probabilities, votes, geometry, header, case_id, settings, options)
+    _write_extras(probabilities, masks, votes, geometry, header, case_id, settings, options)
     label = None
     if payload["label_bits"] is not None:
         size = int(np.prod(geometry.source_shape))

@@ -33,6 +33,7 @@ import torch
 from stroke_ray.cohort import Case, load_cohort
 from stroke_ray.io import StorageOptions, absolute_uri
 from stroke_ray.losses import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_LESION_WEIGHT, HybridLoss
+from stroke_ray.metrics import ratios_from_counts
 from stroke_ray.model import ModelConfig, build_model, set_encoder_trainable
 from stroke_ray.planes import PLANES
 from stroke_ray.preprocess import prepare
@@ -153,8 +154,17 @@ def _validate(model, data: PlaneSlices, loss_fn, device, batch_size: int) -> tup
             sums[3] += float(((predicted == 1) & (targets == 0)).sum())
             sums[4] += float(((predicted == 0) & (targets == 1)).sum())
     loss_sum, count, tp, fp, fn = _sync_counts(sums).tolist()
-    dice = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
-    return loss_sum / max(count, 1.0), dice
+    return loss_sum / max(count, 1.0), ratios_from_counts(tp, fp, fn, 0)["dice"]
+
+
+def _load_state(checkpoint: ray.train.Checkpoint) -> dict[str, Any]:
+    """A checkpoint's state, its history rebuilt as one dict per epoch."""
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, _CHECKPOINT_FILE), weights_only=True)
+    state["history"] = [
+        dict(zip(state["history_keys"], row, strict=True)) for row in state["history"]
+    ]
+    return state
 
 
 def _restore_state(model, optimizer) -> tuple[int, list[dict], dict, float]:
@@ -162,13 +172,11 @@ def _restore_state(model, optimizer) -> tuple[int, list[dict], dict, float]:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0, [], {}, -1.0
-    with checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, _CHECKPOINT_FILE), weights_only=True)
+    state = _load_state(checkpoint)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    history = [dict(zip(state["history_keys"], row, strict=True)) for row in state["history"]]
     logger.info("resuming from checkpoint after epoch %d", int(state["epoch"]))
-    return int(state["epoch"]) + 1, history, state["best_model"], float(state["best_dice"])
+    return int(state["epoch"]) + 1, state["history"], state["best_model"], float(state["best_dice"])
 
 
 def _report(metrics: dict, state: dict | None) -> None:
@@ -374,11 +382,9 @@ def _collect(result, config: TrainConfig, plane: str) -> tuple[float, list[dict]
     """Copy a finished plane's best weights into the run folder; return (Dice, history)."""
     if result.checkpoint is None:
         raise TrainError(f"plane {plane}: training ended without a checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, _CHECKPOINT_FILE), weights_only=True)
+    state = _load_state(result.checkpoint)
     save_plane_model(state["best_model"], config.out, plane, config.storage_options)
-    history = [dict(zip(state["history_keys"], row, strict=True)) for row in state["history"]]
-    return float(state["best_dice"]), history
+    return float(state["best_dice"]), state["history"]
 
 
 def _clear_run(config: TrainConfig) -> None:
