@@ -149,9 +149,10 @@ def write_bytes_atomic(data: bytes, uri: str, storage_options: StorageOptions = 
         with fs.open(temporary, "wb") as handle:
             handle.write(data)
         fs.mv(temporary, path)
-    finally:
-        if fs.exists(temporary):
+    except BaseException:
+        if fs.exists(temporary):  # only a failed write leaves it (saves a request per file)
             fs.rm(temporary)
+        raise
 
 
 def image_like(data: np.ndarray, header: nib.Nifti1Header) -> nib.Nifti1Image:
