@@ -19,9 +19,11 @@ from typing import Any
 import psutil
 import torch
 
-from stroke_ray.model import ModelConfig, build_model
+from stroke_ray.config import ModelConfig
+from stroke_ray.io import write_json
+from stroke_ray.model import build_model
 from stroke_ray.planes import PLANES
-from stroke_ray.runs import package_versions, run_json_uri, save_plane_model, write_json
+from stroke_ray.runs import package_versions, run_json_uri, save_plane_model
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TINY_DECODER = (16, 8, 8, 4, 4)

@@ -31,7 +31,8 @@ from benchmarks.common import (
     workdir,
     write_results,
 )
-from stroke_ray.demo import MANIFEST_COLUMNS, generate_cohort
+from stroke_ray.cohort import MANIFEST_COLUMNS
+from stroke_ray.demo import generate_cohort
 from stroke_ray.segment import SegmentConfig, segment
 
 UNREADABLE_URI = "nosuchprotocol://x/y.nii.gz"

@@ -32,9 +32,9 @@ from benchmarks.common import (
     write_results,
 )
 from stroke_ray.cohort import load_cohort
+from stroke_ray.config import ModelConfig
 from stroke_ray.demo import generate_cohort
 from stroke_ray.inference import predict_plane
-from stroke_ray.model import ModelConfig
 from stroke_ray.planes import PLANES, brain_slice_indices, volume_to_slices
 from stroke_ray.preprocess import Prepared, prepare
 from stroke_ray.runs import load_plane_model

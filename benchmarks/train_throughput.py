@@ -16,9 +16,10 @@ import torch
 
 from benchmarks.common import base_parser, load_average, machine_info, workdir, write_results
 from stroke_ray.cohort import load_cohort
+from stroke_ray.config import ModelConfig
 from stroke_ray.demo import generate_cohort
 from stroke_ray.losses import HybridLoss
-from stroke_ray.model import ModelConfig, build_model
+from stroke_ray.model import build_model
 from stroke_ray.planes import PLANES
 from stroke_ray.preprocess import Prepared, prepare
 from stroke_ray.slices import PlaneSlices

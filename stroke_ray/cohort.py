@@ -11,12 +11,12 @@ import io
 import posixpath
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
-import fsspec
 import pandas as pd
 
-from stroke_ray.io import StorageOptions, absolute_uri, join_uri, read_bytes
+from stroke_ray.io import StorageOptions, absolute_uri, filesystem, join_uri, read_bytes
 
 __all__ = [
     "SEQUENCES",
@@ -50,6 +50,12 @@ class Case:
     flair: str
     dwi: str
     label: str | None = None
+    problem: str | None = None  # why the case cannot be read (found in the manifest)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Case:
+        """Inverse of :meth:`to_dict` (other keys of a row are ignored)."""
+        return cls(**{item.name: values[item.name] for item in fields(cls) if item.name in values})
 
     def sequence_uris(self) -> dict[str, str]:
         """The four input sequences in channel order."""
@@ -64,17 +70,39 @@ def _is_uri(entry: str) -> bool:
     return "://" in entry
 
 
+class _EscapeError(ValueError):
+    """A relative manifest path leaves the cohort folder."""
+
+
 def _resolve_entry(entry: str, root: str, case_id: str, column: str) -> str:
     """Resolve a manifest entry against the manifest folder, refusing escapes."""
     if _is_uri(entry) or entry.startswith("/"):
         return entry
     normalised = posixpath.normpath(entry.replace("\\", "/"))
     if normalised == ".." or normalised.startswith("../"):
-        raise ManifestError(
+        raise _EscapeError(
             f"case {case_id}: {column} path {entry!r} escapes the cohort folder {root}; "
             "give an absolute path or URI to read outside it"
         )
     return join_uri(root, normalised)
+
+
+def _case_from_row(row: dict[str, str], root: str, source: str) -> Case:
+    """A case from resolved manifest cells; a path that escapes the folder becomes its problem."""
+    case_id = row["case_id"]
+    uris: dict[str, Any] = {}
+    problems = []
+    for column in (*SEQUENCES, "label"):
+        if not row[column]:
+            if column != "label":
+                raise ManifestError(f"case {case_id}: no {column} file given in {source}")
+            uris[column] = None
+            continue
+        try:
+            uris[column] = _resolve_entry(row[column], root, case_id, column)
+        except _EscapeError as err:
+            uris[column], problems = row[column], [*problems, str(err)]
+    return Case(case_id=case_id, problem="; ".join(problems) or None, **uris)
 
 
 def _check_case_id(case_id: str) -> None:
@@ -108,18 +136,9 @@ def _frame_to_cases(frame: pd.DataFrame, root: str, source: str) -> list[Case]:
     )
     if duplicates:
         raise ManifestError(f"{source}: duplicate case_id values {duplicates}")
-    cases = []
     for row in rows:
-        case_id = row["case_id"]
-        _check_case_id(case_id)
-        uris = {}
-        for column in SEQUENCES:
-            if not row[column]:
-                raise ManifestError(f"case {case_id}: no {column} file given in {source}")
-            uris[column] = _resolve_entry(row[column], root, case_id, column)
-        label = _resolve_entry(row["label"], root, case_id, "label") if row["label"] else None
-        cases.append(Case(case_id=case_id, label=label, **uris))
-    return cases
+        _check_case_id(row["case_id"])
+    return [_case_from_row(row, root, source) for row in rows]
 
 
 def read_manifest(uri: str, storage_options: StorageOptions = None) -> list[Case]:
@@ -149,7 +168,7 @@ def _isles_image(files: dict[str, str], tag: str) -> str | None:
 
 def discover_isles_folder(root: str, storage_options: StorageOptions = None) -> list[Case]:
     """Build cases from an ISLES 2015 SISS folder (one sub-folder per case)."""
-    fs, path = fsspec.core.url_to_fs(root, **dict(storage_options or {}))
+    fs, path = filesystem(root, storage_options)
     protocol = root.split("://", 1)[0] + "://" if _is_uri(root) else ""
     case_dirs = sorted(entry for entry in fs.ls(path, detail=False) if fs.isdir(entry))
     cases = []
@@ -172,7 +191,7 @@ def discover_isles_folder(root: str, storage_options: StorageOptions = None) -> 
 
 def load_cohort(cohort: str, storage_options: StorageOptions = None) -> list[Case]:
     """Cases from a manifest file (CSV/Parquet) or an ISLES-layout folder."""
-    fs, path = fsspec.core.url_to_fs(cohort, **dict(storage_options or {}))
+    fs, path = filesystem(cohort, storage_options)
     if fs.isdir(path):
         for name in ("manifest.csv", "manifest.parquet"):
             candidate = join_uri(cohort, name)

@@ -14,12 +14,12 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.special import expit
 
-__all__ = ["MANIFEST_COLUMNS", "SEQUENCES", "generate_cohort", "synth_case"]
+from stroke_ray.cohort import MANIFEST_COLUMNS, SEQUENCES
+
+__all__ = ["generate_cohort", "synth_case"]
 
 logger = logging.getLogger(__name__)
 
-SEQUENCES: tuple[str, ...] = ("t1", "t2", "flair", "dwi")
-MANIFEST_COLUMNS: tuple[str, ...] = ("case_id", *SEQUENCES, "label")
 
 # Brain semi-axes as fractions of the half field of view along x, y, z (RAS voxel axes).
 _BRAIN_SEMI_AXES_FOV = np.array([0.72, 0.82, 0.84])

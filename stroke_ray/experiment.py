@@ -2,6 +2,9 @@
 weight setting (transfer learning vs scratch), segment the held-out cases with every fusion
 mode, and tabulate every metric per plane and fusion mode.
 
+Every arm trains with the same options as ``stroke-ray train`` (one ``TrainConfig``, its
+weights and folders replaced per arm), so an experiment's models are the models a user gets.
+
 ```
 EXP_DIR/
   experiment.json                  protocol, folds, arms (weights × fold → run and segment folders)
@@ -15,99 +18,78 @@ EXP_DIR/
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
-from dataclasses import dataclass, field, replace
+from collections import Counter
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from stroke_ray.cohort import Case, cases_to_frame, load_cohort
-from stroke_ray.io import StorageOptions, absolute_uri, join_uri, write_bytes_atomic
-from stroke_ray.runs import write_json, write_parquet
-from stroke_ray.segment import SegmentConfig, segment
+from stroke_ray.config import (
+    ExperimentConfig,
+    SegmentConfig,
+    TrainConfig,
+    describe_weights,
+    public_dict,
+    weights_label,
+)
+from stroke_ray.io import absolute_uri, join_uri, write_bytes_atomic, write_json, write_parquet
+from stroke_ray.outputs import grouped_summary
+from stroke_ray.qc import dice_agreement_correlation
+from stroke_ray.segment import segment
 from stroke_ray.splits import kfold_cases, split_cases
-from stroke_ray.train import TrainConfig, train
+from stroke_ray.train import train
 
-__all__ = ["ExperimentConfig", "run_experiment", "paper_table", "weights_label", "TABLE_METRICS"]
+__all__ = [
+    "ExperimentConfig",
+    "run_experiment",
+    "paper_table",
+    "arm_labels",
+    "TABLE_METRICS",
+    "DISTANCE_METRICS",
+]
 
 logger = logging.getLogger(__name__)
 
 TABLE_METRICS: tuple[str, ...] = (
     "dice", "iou", "accuracy", "precision", "recall", "specificity", "hd95_mm", "assd_mm",
+    "lesion_f1",
 )  # fmt: skip
-POOLED_METRICS: tuple[str, ...] = ("dice", "iou", "accuracy", "precision", "recall", "specificity")
-SOURCE_ORDER: tuple[str, ...] = (
-    "axial",
-    "coronal",
-    "sagittal",
-    "fused",
-    "fused_weighted",
-    "fused_soft",
-)
+DISTANCE_METRICS: tuple[str, ...] = ("hd95_mm", "assd_mm")
 
 
-@dataclass
-class ExperimentConfig:
-    """The protocol: how cases are split, which weights are compared, how models train."""
-
-    cohort: str
-    out: str
-    weights: tuple[str, ...] = ("imagenet", "none")
-    folds: int | None = None
-    test_fraction: float = 0.25
-    seed: int = 0
-    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
-    use_gpu: bool = False
-    storage_options: dict[str, Any] | None = field(default=None, repr=False)
+def arm_labels(weights: tuple[str, ...]) -> dict[str, str]:
+    """A folder name per weight setting; two files with one stem get their URI's hash too."""
+    labels = {w: weights_label(w) for w in weights}
+    repeated = {label for label, count in Counter(labels.values()).items() if count > 1}
+    return {
+        w: f"{label}-{hashlib.sha1(w.encode()).hexdigest()[:8]}" if label in repeated else label
+        for w, label in labels.items()
+    }
 
 
-def weights_label(weights: str) -> str:
-    """A short name for a weight setting: imagenet, scratch, or the file's stem."""
-    if weights == "none":
-        return "scratch"
-    if weights == "imagenet":
-        return "imagenet"
-    stem = os.path.basename(weights.rstrip("/")).split(".")[0]
-    return f"pretrained-{stem}"
-
-
-def _write_manifest(cases: list[Case], uri: str, options: StorageOptions) -> str:
+def _write_manifest(cases: list[Case], uri: str, options) -> str:
     write_bytes_atomic(cases_to_frame(cases).to_csv(index=False).encode(), uri, options)
     return uri
 
 
 def _folds(config: ExperimentConfig, case_ids: list[str]) -> list[dict[str, list[str]]]:
+    seed = config.training.seed
     if config.folds:
-        return kfold_cases(case_ids, config.folds, config.seed)
-    split = split_cases(case_ids, config.test_fraction, config.seed)
+        return kfold_cases(case_ids, config.folds, seed)
+    split = split_cases(case_ids, config.test_fraction, seed)
     return [{"train": split["train"], "test": split["val"]}]
 
 
-def _weights_description(weights: str) -> str:
-    if weights == "none":
-        return "random initialisation (training from scratch)"
-    if weights == "imagenet":
-        return "ImageNet-pretrained encoder (smp download)"
-    return f"encoder weights loaded from {weights}"
-
-
-def _run_arm(config: ExperimentConfig, weights: str, fold: int, manifests: dict[str, str]) -> dict:
-    label = weights_label(weights)
+def _run_arm(
+    config: ExperimentConfig, weights: str, label: str, fold: int, manifests: dict[str, str]
+) -> dict:
     run_dir = join_uri(config.out, "runs", label, f"fold{fold}")
     seg_dir = join_uri(config.out, "segment", label, f"fold{fold}")
-    training = {"seed": config.seed, **config.training}
-    train(
-        TrainConfig(
-            cohort=manifests["train"],
-            out=run_dir,
-            weights=weights,
-            use_gpu=config.use_gpu,
-            storage_options=config.storage_options,
-            **training,
-        )
-    )
+    training = config.training
+    train(replace(training, cohort=manifests["train"], out=run_dir, weights=weights))
     frame, _ = segment(
         SegmentConfig(
             cohort=manifests["test"],
@@ -115,14 +97,15 @@ def _run_arm(config: ExperimentConfig, weights: str, fold: int, manifests: dict[
             out=seg_dir,
             fusion="majority",
             extra_fusions=("weighted", "soft"),
-            use_gpu=config.use_gpu,
-            storage_options=config.storage_options,
+            use_gpu=training.use_gpu,
+            overwrite=training.restart,
+            storage_options=training.storage_options,
         )
     )
     return {
         "weights": label,
         "weights_source": weights,
-        "weights_description": _weights_description(weights),
+        "weights_description": describe_weights(weights),
         "fold": fold,
         "run_dir": run_dir,
         "segment_dir": seg_dir,
@@ -132,28 +115,16 @@ def _run_arm(config: ExperimentConfig, weights: str, fold: int, manifests: dict[
 
 
 def paper_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per weights × source: mean ± sd over cases, pooled ratios and the summed counts."""
-    from stroke_ray.metrics import ratios_from_counts
+    """Per weights × source: mean ± sd over cases (and how many each covers), pooled ratios
+    and the summed counts they come from."""
+    return grouped_summary(frame, ["weights", "source"], TABLE_METRICS)
 
-    ok = frame[frame["status"] == "ok"]
-    records = []
-    for (weights, source), rows in ok.groupby(["weights", "source"], sort=False):
-        counts = {k: int(rows[k].sum()) for k in ("tp", "fp", "fn", "tn")}
-        pooled = ratios_from_counts(**counts)
-        record = {"weights": weights, "source": source, "cases": len(rows), **counts}
-        for metric in TABLE_METRICS:
-            record[f"{metric}_mean"] = float(rows[metric].mean())
-            record[f"{metric}_sd"] = float(rows[metric].std(ddof=1)) if len(rows) > 1 else 0.0
-        for metric in POOLED_METRICS:
-            record[f"{metric}_pooled"] = pooled[metric]
-        records.append(record)
-    table = pd.DataFrame(records)
-    order = {source: i for i, source in enumerate(SOURCE_ORDER)}
-    return table.sort_values(
-        ["weights", "source"],
-        key=lambda c: c.map(order) if c.name == "source" else c,
-        ignore_index=True,
-    )
+
+def _cell(row: pd.Series, metric: str, cases: int) -> str:
+    scale = 1 if metric.endswith("_mm") else 100
+    text = f"{row[f'{metric}_mean'] * scale:.1f} ± {row[f'{metric}_sd'] * scale:.1f}"
+    covered = int(row[f"{metric}_cases"])
+    return text if covered == cases else f"{text} (n={covered})"
 
 
 def table_markdown(table: pd.DataFrame) -> str:
@@ -165,38 +136,38 @@ def table_markdown(table: pd.DataFrame) -> str:
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for _, row in table.iterrows():
-        cells = []
-        for metric in TABLE_METRICS:
-            scale, unit = (1, "") if metric.endswith("_mm") else (100, "")
-            cells.append(
-                f"{row[f'{metric}_mean'] * scale:.1f} ± {row[f'{metric}_sd'] * scale:.1f}{unit}"
-            )
+        cases = int(row["cases"])
+        cells = [_cell(row, metric, cases) for metric in TABLE_METRICS]
         lines.append(
-            f"| {row['weights']} | {row['source']} | {row['cases']} | " + " | ".join(cells)
+            f"| {row['weights']} | {row['source']} | {cases} | " + " | ".join(cells)
             + f" | {row['dice_pooled'] * 100:.1f} | {row['tp']} | {row['fp']} | {row['fn']} |"
         )  # fmt: skip
     return (
         "\n".join(lines)
-        + "\n\nRatios in %, distances in mm; pooled = from the summed TP/FP/FN/TN.\n"
+        + "\n\nRatios in %, distances in mm; pooled = from the summed TP/FP/FN/TN. "
+        "(n=k): the mean covers k cases only; HD95 and ASSD are undefined where exactly one "
+        "of prediction and truth is empty (experiment.json lists those cases).\n"
     )
 
 
-def qc_correlation(frame: pd.DataFrame) -> float | None:
-    """Pearson correlation of fused Dice with plane agreement over labelled cases."""
-    fused = frame[(frame["source"] == "fused") & (frame["status"] == "ok")]
-    fused = fused.dropna(subset=["dice", "agreement_dice"])
-    if len(fused) < 3 or fused["dice"].std() == 0 or fused["agreement_dice"].std() == 0:
-        return None
-    return float(np.corrcoef(fused["dice"], fused["agreement_dice"])[0, 1])
+def undefined_distances(frame: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
+    """Per weights and source, the labelled cases whose surface distances are undefined."""
+    ok = frame[(frame["status"] == "ok") & frame["hd95_mm"].isna()]
+    misses: dict[str, dict[str, list[str]]] = {}
+    for (weights, source), rows in ok.groupby(["weights", "source"]):
+        misses.setdefault(str(weights), {})[str(source)] = sorted(rows["case_id"])
+    return misses
 
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Run every arm of the protocol and write the tables; return experiment.json's content."""
-    config = replace(config, out=absolute_uri(config.out))
-    options = config.storage_options
+    training = config.training or TrainConfig(cohort=config.cohort, out=config.out)
+    config = replace(config, out=absolute_uri(config.out), training=training)
+    options = training.storage_options
     cases = load_cohort(config.cohort, options)
     by_id = {case.case_id: case for case in cases}
     folds = _folds(config, sorted(by_id))
+    labels = arm_labels(tuple(config.weights))
     arms, frames = [], []
     for fold, split in enumerate(folds):
         manifests = {
@@ -208,8 +179,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
             for part in ("train", "test")
         }
         for weights in config.weights:
-            logger.info("fold %d, weights %s", fold, weights_label(weights))
-            arm = _run_arm(config, weights, fold, manifests)
+            logger.info("fold %d, weights %s", fold, labels[weights])
+            arm = _run_arm(config, weights, labels[weights], fold, manifests)
             frames.append(arm.pop("rows"))
             arms.append(arm)
     frame = pd.concat(frames, ignore_index=True)
@@ -223,31 +194,39 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         "cohort": config.cohort,
         "folds": folds,
         "weights": list(config.weights),
-        "training": config.training,
+        "training": _public_training(training),
         "arms": arms,
+        "undefined_distances": undefined_distances(frame),
         "qc_dice_agreement_correlation": {
-            weights_label(w): qc_correlation(frame[frame["weights"] == weights_label(w)])
-            for w in config.weights
+            label: dice_agreement_correlation(frame[frame["weights"] == label])
+            for label in labels.values()
         },
     }
     write_json(summary, join_uri(config.out, "experiment.json"), options)
     return summary
 
 
+def _public_training(training: TrainConfig) -> dict[str, Any]:
+    """The arms' shared training options (each arm's cohort, folder and weights differ)."""
+    values = public_dict(training)
+    for key in ("cohort", "out", "weights"):
+        values.pop(key)
+    return values
+
+
 def pretrain_encoder(
     out_path: str,
     *,
     work_dir: str,
-    encoder_name: str = "resnet50",
     cases: int = 8,
     seed: int = 1000,
-    training: dict[str, Any] | None = None,
+    training: TrainConfig | None = None,
 ) -> str:
     """Pretrain an encoder on a separately generated synthetic cohort and save its weights.
 
     Stands in for ImageNet weights where they cannot be downloaded: the axial model is
-    trained on a demo cohort with another seed (no case shared with the demo), and its
-    encoder state dict is written to ``out_path`` (loadable with ``--weights``).
+    trained from scratch on a demo cohort with another seed (no case shared with the demo),
+    and its encoder state dict is written to ``out_path`` (loadable with ``--weights``).
     """
     import torch
 
@@ -256,15 +235,12 @@ def pretrain_encoder(
 
     manifest = generate_cohort(join_uri(work_dir, "cohort"), n_cases=cases, seed=seed)
     run_dir = join_uri(work_dir, "run")
-    overrides = {"epochs": 2, "max_steps_per_epoch": 20, **(training or {})}
-    base = TrainConfig(
-        cohort=str(manifest),
-        out=run_dir,
-        encoder_name=encoder_name,
-        weights="none",
-        planes=("axial",),
+    base = training or TrainConfig(cohort="", out="", epochs=2, max_steps_per_epoch=20)
+    train(
+        replace(
+            base, cohort=str(manifest), out=run_dir, weights="none", planes=("axial",), seed=seed
+        )
     )
-    train(replace(base, **overrides))
     encoder = load_plane_model(run_dir, "axial").encoder
     torch.save(encoder.state_dict(), out_path)
     return out_path

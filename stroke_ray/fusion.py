@@ -1,9 +1,17 @@
-"""Fuse the three plane predictions of a case into one lesion mask, per voxel.
+"""Fuse the plane predictions of a case into one lesion mask, per voxel.
 
-- ``majority`` (default): lesion where at least 2 of the 3 planes vote lesion (p ≥ 0.5).
+A plane votes lesion where its probability is ≥ 0.5 (``THRESHOLD``). Ties are decided once
+for every vote: a voxel is lesion only where **more than half** of the (weighted) votes say
+so; exactly half is background.
+
+- ``majority`` (default): lesion where more than half of the planes vote lesion: 2 of 3,
+  and with two planes both (a run with fewer than three planes is warned about).
 - ``weighted``: each plane's vote counts with its weight (by default the plane's
-  validation Dice from the run); lesion where the weighted vote share is ≥ 0.5.
-- ``soft``: lesion where the mean of the three plane probabilities is ≥ 0.5.
+  validation Dice from the run); lesion where the lesion votes weigh more than half of the
+  total. With weights (0.5, 0.25, 0.25) the first plane alone is a tie, so background: no
+  plane outvotes the two others. Negative weights count as 0; all-zero weights as equal.
+- ``soft``: lesion where the mean of the plane probabilities is ≥ 0.5 (the plane rule applied
+  to the mean probability).
 """
 
 from __future__ import annotations
@@ -12,9 +20,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from stroke_ray.config import FUSION_MODES
+
 __all__ = ["FUSION_MODES", "THRESHOLD", "fuse", "vote_count", "probability_spread"]
 
-FUSION_MODES: tuple[str, ...] = ("majority", "weighted", "soft")
 THRESHOLD = 0.5
 
 
@@ -47,17 +56,14 @@ def fuse(
     """The fused binary mask (uint8 0/1) of the plane probability volumes."""
     planes = list(probabilities)
     if mode == "majority":
-        return (vote_count(probabilities) * 2 > len(planes)).astype(np.uint8)
+        return (vote_count(probabilities).astype(np.int32) * 2 > len(planes)).astype(np.uint8)
     if mode == "weighted":
         plane_weights = _weights(planes, weights)
-        share = (
-            sum(
-                w * (probabilities[p] >= THRESHOLD)
-                for p, w in zip(planes, plane_weights, strict=True)
-            )
-            / plane_weights.sum()
+        lesion_weight = sum(
+            w * (probabilities[p] >= THRESHOLD) for p, w in zip(planes, plane_weights, strict=True)
         )
-        return (share >= THRESHOLD).astype(np.uint8)
+        # a relative tolerance keeps exact ties ties despite floating-point sums
+        return (lesion_weight * 2 > plane_weights.sum() * (1 + 1e-9)).astype(np.uint8)
     if mode == "soft":
         mean = sum(np.asarray(probabilities[p], dtype=np.float32) for p in planes) / len(planes)
         return (mean >= THRESHOLD).astype(np.uint8)

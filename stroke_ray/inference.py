@@ -51,7 +51,10 @@ def predict_plane(
     precision: str = "auto",
     tta: bool = False,
 ) -> PlanePrediction:
-    """Lesion probabilities of the plane's brain slices (float16), with their indices."""
+    """Lesion probabilities of the plane's brain slices (float32), with their indices.
+
+    float32 all the way to the vote: rounding to float16 first would turn 0.49995 into 0.5.
+    """
     device = device or next(model.parameters()).device
     dtype = autocast_dtype(device, precision)
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
@@ -70,7 +73,7 @@ def predict_plane(
         np.concatenate(outputs) if outputs else np.zeros((0, height, width), dtype=np.float32)
     )
     brain_slices = volume_to_slices(brain, plane)[indices]
-    return indices, (probabilities * brain_slices).astype(np.float16)
+    return indices, (probabilities * brain_slices).astype(np.float32, copy=False)
 
 
 def restack(

@@ -1,4 +1,4 @@
-"""Read and write NIfTI/MHA images over fsspec (local paths, ``s3://``, any fsspec URI).
+"""Files over fsspec (local paths, ``s3://``, any fsspec URI): NIfTI/MHA images, JSON, Parquet.
 
 Reading never copies a cohort to disk: a NIfTI file is read into memory as bytes and parsed
 by nibabel; ``.mha`` (MetaImage) goes through SimpleITK, which needs a local path, so a
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import tempfile
 import uuid
@@ -20,11 +21,15 @@ from typing import Any
 import fsspec
 import nibabel as nib
 import numpy as np
+import pandas as pd
 
 __all__ = [
     "ImageReadError",
+    "StorageOptions",
+    "filesystem",
     "absolute_uri",
     "exists",
+    "remove_tree",
     "join_uri",
     "read_bytes",
     "read_image",
@@ -32,6 +37,10 @@ __all__ = [
     "write_nifti_atomic",
     "nifti_bytes",
     "image_like",
+    "write_json",
+    "read_json",
+    "write_parquet",
+    "read_parquet",
 ]
 
 StorageOptions = Mapping[str, Any] | None
@@ -45,9 +54,11 @@ class ImageReadError(ValueError):
     """An image file is missing, unreadable or not a valid NIfTI/MHA volume."""
 
 
-def _filesystem(uri: str, storage_options: StorageOptions) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
-    return fs, path
+def filesystem(
+    uri: str, storage_options: StorageOptions = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of ``uri`` and the path on it."""
+    return fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
 
 
 def absolute_uri(uri: str) -> str:
@@ -65,14 +76,23 @@ def join_uri(base: str, *parts: str) -> str:
 
 def exists(uri: str, storage_options: StorageOptions = None) -> bool:
     """Whether a file exists at ``uri``."""
-    fs, path = _filesystem(uri, storage_options)
+    fs, path = filesystem(uri, storage_options)
     return fs.exists(path)
+
+
+def remove_tree(uri: str, storage_options: StorageOptions = None) -> bool:
+    """Delete a folder and everything in it; return whether there was one."""
+    fs, path = filesystem(uri, storage_options)
+    if not fs.exists(path):
+        return False
+    fs.rm(path, recursive=True)
+    return True
 
 
 def read_bytes(uri: str, storage_options: StorageOptions = None) -> bytes:
     """Read a whole file; errors name the file and the problem."""
     try:
-        fs, path = _filesystem(uri, storage_options)
+        fs, path = filesystem(uri, storage_options)
         with fs.open(path, "rb") as handle:
             return handle.read()
     except FileNotFoundError as err:
@@ -140,7 +160,7 @@ def read_image(uri: str, storage_options: StorageOptions = None) -> nib.spatiali
 
 def write_bytes_atomic(data: bytes, uri: str, storage_options: StorageOptions = None) -> None:
     """Write bytes to a temporary name beside ``uri``, then rename it into place."""
-    fs, path = _filesystem(uri, storage_options)
+    fs, path = filesystem(uri, storage_options)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
         fs.makedirs(parent, exist_ok=True)
@@ -156,10 +176,14 @@ def write_bytes_atomic(data: bytes, uri: str, storage_options: StorageOptions = 
 
 
 def image_like(data: np.ndarray, header: nib.Nifti1Header) -> nib.Nifti1Image:
-    """A NIfTI image of ``data`` in the geometry of ``header`` (qform, sform and codes kept)."""
+    """A NIfTI image of ``data`` in the geometry of ``header`` (qform, sform and codes kept).
+
+    A NIfTI-2 header gives a NIfTI-2 image, a NIfTI-1 header a NIfTI-1 image.
+    """
     template = header.copy()
     template.set_data_dtype(data.dtype)
-    image = nib.Nifti1Image(data, None, header=template)
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(data, None, header=template)
     image.set_qform(header.get_qform(), code=int(header["qform_code"]))
     image.set_sform(header.get_sform(), code=int(header["sform_code"]))
     image.header.set_slope_inter(1.0, 0.0)
@@ -184,3 +208,28 @@ def write_nifti_atomic(
     """Write a NIfTI image atomically; ``.nii.gz`` is compressed."""
     data = nifti_bytes(image, compress=uri.lower().endswith(".gz"))
     write_bytes_atomic(data, uri, storage_options)
+
+
+def write_json(
+    payload: Mapping[str, Any], uri: str, storage_options: StorageOptions = None
+) -> None:
+    """Atomically write indented JSON."""
+    text = json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n"
+    write_bytes_atomic(text.encode(), uri, storage_options)
+
+
+def read_json(uri: str, storage_options: StorageOptions = None) -> dict[str, Any]:
+    """Read a JSON file."""
+    return json.loads(read_bytes(uri, storage_options))
+
+
+def write_parquet(frame: pd.DataFrame, uri: str, storage_options: StorageOptions = None) -> None:
+    """Atomically write a DataFrame as Parquet."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    write_bytes_atomic(buffer.getvalue(), uri, storage_options)
+
+
+def read_parquet(uri: str, storage_options: StorageOptions = None) -> pd.DataFrame:
+    """Read a Parquet file into a DataFrame."""
+    return pd.read_parquet(io.BytesIO(read_bytes(uri, storage_options)))

@@ -1,7 +1,7 @@
 """The hybrid loss: alpha · class-weighted cross-entropy + beta · soft Dice on the lesion class.
 
-Defaults (the paper leaves them blank): ``alpha = 1``, ``beta = 1`` and a lesion class weight
-of 10 in the cross-entropy, which offsets the ~1 % lesion fraction of brain slices without
+The defaults (declared on ``TrainConfig``; the paper leaves them blank): ``alpha = 1``,
+``beta = 1`` and a lesion class weight of 10 in the cross-entropy, which offsets the ~1 % lesion fraction of brain slices without
 making background errors cheap; the Dice term (smp's ``DiceLoss`` on the lesion channel)
 is insensitive to class balance and pulls the overlap directly.
 """
@@ -12,11 +12,9 @@ import torch
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
-__all__ = ["HybridLoss", "DEFAULT_ALPHA", "DEFAULT_BETA", "DEFAULT_LESION_WEIGHT"]
+from stroke_ray.config import TrainConfig
 
-DEFAULT_ALPHA = 1.0
-DEFAULT_BETA = 1.0
-DEFAULT_LESION_WEIGHT = 10.0
+__all__ = ["HybridLoss"]
 
 
 class HybridLoss(nn.Module):
@@ -25,9 +23,9 @@ class HybridLoss(nn.Module):
     def __init__(
         self,
         *,
-        alpha: float = DEFAULT_ALPHA,
-        beta: float = DEFAULT_BETA,
-        lesion_weight: float = DEFAULT_LESION_WEIGHT,
+        alpha: float = TrainConfig.alpha,
+        beta: float = TrainConfig.beta,
+        lesion_weight: float = TrainConfig.lesion_weight,
     ) -> None:
         super().__init__()
         self.alpha = alpha

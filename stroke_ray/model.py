@@ -18,11 +18,11 @@ import os
 import pickle
 import socket
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 
 import segmentation_models_pytorch as smp
 import torch
 
+from stroke_ray.config import ModelConfig, is_scratch
 from stroke_ray.io import ImageReadError, StorageOptions, read_bytes
 
 __all__ = [
@@ -43,24 +43,6 @@ _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 class WeightsError(ValueError):
     """Weights cannot be obtained or do not fit the model."""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of one plane's Res-UNet (weights are chosen separately)."""
-
-    encoder_name: str = "resnet50"
-    encoder_depth: int = 5
-    decoder_channels: tuple[int, ...] = field(default=(256, 128, 64, 32, 16))
-
-    def to_dict(self) -> dict:
-        """JSON-friendly form."""
-        return {**asdict(self), "decoder_channels": list(self.decoder_channels)}
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> ModelConfig:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{**values, "decoder_channels": tuple(values["decoder_channels"])})
 
 
 def _hub_cached(encoder_name: str) -> bool:
@@ -102,11 +84,13 @@ def _unet(config: ModelConfig, encoder_weights: str | None) -> smp.Unet:
 
 
 def build_model(
-    config: ModelConfig = ModelConfig(),
+    config: ModelConfig | None = None,
     weights: str = "none",
     storage_options: StorageOptions = None,
 ) -> smp.Unet:
-    """A 4-channel, 2-class smp Unet with the requested initial weights."""
+    """A 4-channel, 2-class smp Unet with the requested initial weights (default architecture
+    when ``config`` is None)."""
+    config = config or ModelConfig()
     if weights == "imagenet":
         if not _hub_cached(config.encoder_name) and not _hub_reachable():
             raise _imagenet_unavailable(config.encoder_name, f"{_HUB_HOST} is unreachable")
@@ -115,7 +99,7 @@ def build_model(
         except Exception as err:  # noqa: BLE001 - hub/network errors come in many types
             raise _imagenet_unavailable(config.encoder_name, str(err)[:200]) from err
     model = _unet(config, None)
-    if weights not in ("none", "", None):
+    if not is_scratch(weights):
         load_weights(model, weights, storage_options)
     return model
 

@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stroke_ray.fusion import FUSION_MODES
-from stroke_ray.io import StorageOptions, join_uri, write_bytes_atomic
-from stroke_ray.metrics import METRIC_COLUMNS, pooled_ratios
-from stroke_ray.planes import PLANES
-from stroke_ray.runs import write_json
+from stroke_ray.config import FUSION_MODES, PLANES
+from stroke_ray.io import StorageOptions, filesystem, join_uri, write_bytes_atomic, write_json
+from stroke_ray.metrics import METRIC_COLUMNS, ratios_from_counts
 
 __all__ = [
     "SOURCES",
@@ -45,6 +42,7 @@ __all__ = [
     "summarise",
     "source_order",
     "source_summary",
+    "grouped_summary",
 ]
 
 SOURCES: tuple[str, ...] = ("axial", "coronal", "sagittal", "fused")
@@ -107,7 +105,7 @@ def write_case_rows(
 
 
 def _read_parts(out: str, options: StorageOptions) -> pa.Table:
-    fs, path = fsspec.core.url_to_fs(join_uri(out, "cases"), **dict(options or {}))
+    fs, path = filesystem(join_uri(out, "cases"), options)
     if not fs.exists(path):
         return METRICS_SCHEMA.empty_table()
     files = sorted(f for f in fs.ls(path, detail=False) if f.endswith(".parquet"))
@@ -131,24 +129,42 @@ def source_order(sources: set[str]) -> list[str]:
     return [s for s in order if s in sources] + sorted(sources - set(order))
 
 
+def grouped_summary(
+    frame: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str] = ("dice",)
+) -> pd.DataFrame:
+    """Per group of labelled rows: cases, mean/sd/median and covered cases of each metric,
+    the summed TP/FP/FN/TN and every ratio pooled from them.
+
+    A metric that is undefined for a case (NaN: HD95 with one mask empty) is left out of its
+    mean; ``<metric>_cases`` says how many cases the mean covers.
+    """
+    ok = frame[frame["status"] == "ok"]
+    records = []
+    for group, rows in ok.groupby(list(keys), sort=False):
+        values = group if isinstance(group, tuple) else (group,)
+        counts = {k: int(rows[k].sum()) for k in ("tp", "fp", "fn", "tn")}
+        record: dict[str, Any] = {**dict(zip(keys, values, strict=True)), "cases": len(rows)}
+        for metric in metrics:
+            column = rows[metric].astype(float)
+            record[f"{metric}_mean"] = float(column.mean())
+            record[f"{metric}_sd"] = float(column.std(ddof=1)) if column.count() > 1 else 0.0
+            record[f"{metric}_median"] = float(column.median())
+            record[f"{metric}_cases"] = int(column.count())
+        record.update(counts)
+        record.update({f"{k}_pooled": v for k, v in ratios_from_counts(**counts).items()})
+        records.append(record)
+    table = pd.DataFrame(records)
+    if table.empty:
+        return table
+    order = {source: i for i, source in enumerate(source_order(set(table["source"])))}
+    return table.sort_values(
+        list(keys), key=lambda c: c.map(order) if c.name == "source" else c, ignore_index=True
+    )
+
+
 def source_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per source: labelled cases, Dice mean/sd/median and ratios pooled from summed counts."""
-    ok = frame[frame["status"] == "ok"]
-    rows = []
-    for source in source_order(set(ok["source"])):
-        part = ok[ok["source"] == source]
-        pooled = pooled_ratios(part[["tp", "fp", "fn", "tn"]].to_dict("records"))
-        rows.append(
-            {
-                "source": source,
-                "cases": len(part),
-                "dice_mean": part["dice"].mean(),
-                "dice_sd": part["dice"].std(),
-                "dice_median": part["dice"].median(),
-                **{f"{name}_pooled": pooled[name] for name in POOLED_RATIOS},
-            }
-        )
-    return pd.DataFrame(rows)
+    return grouped_summary(frame, ["source"])
 
 
 def summarise(frame: pd.DataFrame) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stroke_ray.config import PLANES
+
 __all__ = [
     "PLANES",
     "PLANE_AXIS",
@@ -17,7 +19,6 @@ __all__ = [
     "brain_slice_indices",
 ]
 
-PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 PLANE_AXIS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 

@@ -9,6 +9,7 @@ no resampling).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,16 @@ from nibabel import orientations
 
 from stroke_ray.volumes import CaseVolumes
 
-__all__ = ["Geometry", "Prepared", "prepare", "restore", "to_canonical", "zscore", "PAD_MULTIPLE"]
+__all__ = [
+    "Geometry",
+    "Prepared",
+    "prepare",
+    "restore",
+    "to_canonical",
+    "ras_spacing",
+    "zscore",
+    "PAD_MULTIPLE",
+]
 
 PAD_MULTIPLE = 32
 _RAS = orientations.axcodes2ornt(("R", "A", "S"))
@@ -59,6 +69,21 @@ def to_canonical(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Reorder the last three axes of ``volume`` from the affine's orientation to RAS."""
     transform = orientations.ornt_transform(orientations.io_orientation(affine), _RAS)
     return _apply_orientation(volume, transform)
+
+
+def ras_spacing(
+    affine: np.ndarray, zooms: Sequence[float] | None = None
+) -> tuple[float, float, float]:
+    """Voxel size in mm along the RAS axes that :func:`to_canonical` produces.
+
+    ``zooms`` (the header's, along the source axes) default to the affine's column norms.
+    """
+    if zooms is None:
+        zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    spacing = [0.0, 0.0, 0.0]
+    for source_axis, (target_axis, _) in enumerate(orientations.io_orientation(affine)):
+        spacing[int(target_axis)] = float(zooms[source_axis])
+    return tuple(spacing)  # type: ignore[return-value]
 
 
 def _apply_orientation(volume: np.ndarray, transform: np.ndarray) -> np.ndarray:
@@ -106,16 +131,12 @@ def prepare(case: CaseVolumes) -> Prepared:
     brain_full = np.any(images != 0, axis=0)
     start, shape = _brain_box(brain_full)
     source_ornt = orientations.io_orientation(case.affine)
-    zooms = np.asarray(case.spacing_mm, dtype=float)
-    spacing = [0.0, 0.0, 0.0]
-    for source_axis, (target_axis, _) in enumerate(source_ornt):
-        spacing[int(target_axis)] = float(zooms[source_axis])
     geometry = Geometry(
         source_shape=tuple(int(n) for n in case.images.shape[1:]),  # type: ignore[arg-type]
         source_ornt=tuple((float(a), float(b)) for a, b in source_ornt),
         crop_start=start,  # type: ignore[arg-type]
         crop_shape=shape,  # type: ignore[arg-type]
-        spacing_mm=tuple(spacing),  # type: ignore[arg-type]
+        spacing_mm=ras_spacing(case.affine, case.spacing_mm),
     )
     brain = _crop_pad(brain_full, start, shape)
     label = None

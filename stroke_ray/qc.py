@@ -15,18 +15,26 @@ from collections.abc import Mapping
 from itertools import combinations
 
 import numpy as np
+import pandas as pd
 
 from stroke_ray.fusion import THRESHOLD
+from stroke_ray.metrics import confusion_counts, ratios_from_counts
 
-__all__ = ["agreement_scores", "qc_flag", "LOW_AGREEMENT", "MAX_PLAUSIBLE_ML"]
+__all__ = [
+    "agreement_scores",
+    "qc_flag",
+    "qc_points",
+    "dice_agreement_correlation",
+    "LOW_AGREEMENT",
+    "MAX_PLAUSIBLE_ML",
+]
 
 LOW_AGREEMENT = 0.5
 MAX_PLAUSIBLE_ML = 300.0
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+    return ratios_from_counts(**confusion_counts(a, b))["dice"]
 
 
 def agreement_scores(
@@ -52,3 +60,17 @@ def qc_flag(
     if any_lesion and scores["agreement_dice"] < LOW_AGREEMENT:
         return "low_agreement"
     return None
+
+
+def qc_points(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The labelled fused rows that have both a Dice and an agreement score."""
+    fused = metrics[(metrics["source"] == "fused") & (metrics["status"] == "ok")]
+    return fused.dropna(subset=["dice", "agreement_dice"])
+
+
+def dice_agreement_correlation(metrics: pd.DataFrame) -> float | None:
+    """Pearson r of fused Dice with plane agreement; None under 3 cases or constant values."""
+    points = qc_points(metrics)
+    if len(points) < 3 or points["dice"].std() == 0 or points["agreement_dice"].std() == 0:
+        return None
+    return float(np.corrcoef(points["agreement_dice"], points["dice"])[0, 1])

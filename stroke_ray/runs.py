@@ -13,7 +13,6 @@ Local paths and fsspec URIs alike; every file is written atomically.
 from __future__ import annotations
 
 import io
-import json
 import platform
 from collections.abc import Mapping
 from typing import Any
@@ -21,8 +20,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-from stroke_ray.io import StorageOptions, exists, join_uri, read_bytes, write_bytes_atomic
-from stroke_ray.model import ModelConfig, build_model, load_weights
+from stroke_ray.config import ModelConfig, TrainConfig, public_dict
+from stroke_ray.io import (
+    StorageOptions,
+    exists,
+    join_uri,
+    read_json,
+    read_parquet,
+    write_bytes_atomic,
+)
+from stroke_ray.model import build_model, load_weights
 
 __all__ = [
     "RunNotReadyError",
@@ -34,12 +41,18 @@ __all__ = [
     "save_plane_model",
     "plane_model_exists",
     "load_plane_model",
-    "write_json",
-    "read_json",
-    "write_parquet",
-    "read_parquet",
     "package_versions",
+    "previous_run",
+    "run_definition",
+    "DEFINING_OPTIONS",
 ]
+
+# The options that shape a run's models: a rerun into the same folder must ask for the same.
+DEFINING_OPTIONS: tuple[str, ...] = (
+    "model", "weights", "epochs", "freeze_epochs", "lr", "finetune_lr", "batch_size", "alpha",
+    "beta", "lesion_weight", "lesion_oversample", "val_fraction", "seed", "max_steps_per_epoch",
+    "workers_per_plane",
+)  # fmt: skip
 
 
 class RunNotReadyError(ValueError):
@@ -87,31 +100,6 @@ def ray_storage_uri(run_dir: str) -> str:
     return join_uri(run_dir, "ray")
 
 
-def write_json(
-    payload: Mapping[str, Any], uri: str, storage_options: StorageOptions = None
-) -> None:
-    """Atomically write indented JSON."""
-    text = json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n"
-    write_bytes_atomic(text.encode(), uri, storage_options)
-
-
-def read_json(uri: str, storage_options: StorageOptions = None) -> dict[str, Any]:
-    """Read a JSON file."""
-    return json.loads(read_bytes(uri, storage_options))
-
-
-def write_parquet(frame: pd.DataFrame, uri: str, storage_options: StorageOptions = None) -> None:
-    """Atomically write a DataFrame as Parquet."""
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    write_bytes_atomic(buffer.getvalue(), uri, storage_options)
-
-
-def read_parquet(uri: str, storage_options: StorageOptions = None) -> pd.DataFrame:
-    """Read a Parquet file into a DataFrame."""
-    return pd.read_parquet(io.BytesIO(read_bytes(uri, storage_options)))
-
-
 def save_plane_model(
     state_dict: Mapping[str, torch.Tensor],
     run_dir: str,
@@ -136,9 +124,38 @@ def load_plane_model(
 ) -> torch.nn.Module:
     """Rebuild a trained plane model from run.json and its weights file (eval mode)."""
     run = read_json(run_json_uri(run_dir), storage_options)
+    return load_model_of(run, run_dir, plane, storage_options)
+
+
+def load_model_of(
+    run: Mapping[str, Any], run_dir: str, plane: str, storage_options: StorageOptions = None
+) -> torch.nn.Module:
+    """A trained plane model of a run whose run.json is already read (eval mode)."""
     model = build_model(ModelConfig.from_dict(run["model"]), "none")
     load_weights(model, model_uri(run_dir, plane), storage_options)
     return model.eval()
+
+
+def run_definition(config: TrainConfig, split: Mapping[str, list[str]]) -> dict[str, Any]:
+    """What defines a run: the options that shape its models and its case split."""
+    options = public_dict(config)
+    return {**{name: options[name] for name in DEFINING_OPTIONS}, "split": dict(split)}
+
+
+def previous_run(
+    run_dir: str, storage_options: StorageOptions = None
+) -> tuple[dict[str, Any] | None, pd.DataFrame]:
+    """run.json and history of an existing run folder; (None, empty) where there is none.
+
+    A run.json that exists but cannot be read is an error, not an empty run.
+    """
+    if not exists(run_json_uri(run_dir), storage_options):
+        return None, pd.DataFrame()
+    run = read_json(run_json_uri(run_dir), storage_options)
+    history_file = history_uri(run_dir)
+    if not exists(history_file, storage_options):
+        return run, pd.DataFrame()
+    return run, read_parquet(history_file, storage_options)
 
 
 def package_versions() -> dict[str, str]:

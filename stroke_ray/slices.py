@@ -14,12 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from stroke_ray.config import TrainConfig
 from stroke_ray.planes import brain_slice_indices, volume_to_slices
 from stroke_ray.preprocess import Prepared
 
-__all__ = ["PlaneSlices", "collate", "DEFAULT_LESION_OVERSAMPLE"]
-
-DEFAULT_LESION_OVERSAMPLE = 3.0
+__all__ = ["PlaneSlices", "collate"]
 
 
 @dataclass
@@ -28,13 +27,14 @@ class PlaneSlices:
 
     images: list[np.ndarray]  # per case: (N, 4, H, W) view
     labels: list[np.ndarray]  # per case: (N, H, W) view
+    brains: list[np.ndarray]  # per case: (N, H, W) bool view
     index: np.ndarray  # (S, 2): case number, slice number of each usable slice
     has_lesion: np.ndarray  # (S,) bool
 
     @classmethod
     def from_cases(cls, cases: Sequence[Prepared], plane: str) -> PlaneSlices:
         """Collect the brain slices of ``plane`` from labelled prepared cases."""
-        images, labels, index, lesion = [], [], [], []
+        images, labels, brains, index, lesion = [], [], [], [], []
         for number, case in enumerate(cases):
             if case.label is None:
                 raise ValueError(f"case {case.case_id}: training needs a label")
@@ -43,11 +43,13 @@ class PlaneSlices:
             usable = brain_slice_indices(case.brain, plane)
             images.append(case_images)
             labels.append(case_labels)
+            brains.append(volume_to_slices(case.brain, plane))
             index.extend((number, int(s)) for s in usable)
             lesion.extend(bool(case_labels[s].any()) for s in usable)
         return cls(
             images=images,
             labels=labels,
+            brains=brains,
             index=np.asarray(index, dtype=np.int64).reshape(-1, 2),
             has_lesion=np.asarray(lesion, dtype=bool),
         )
@@ -61,7 +63,7 @@ class PlaneSlices:
         *,
         batch_size: int,
         steps: int,
-        lesion_oversample: float = DEFAULT_LESION_OVERSAMPLE,
+        lesion_oversample: float = TrainConfig.lesion_oversample,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``steps`` random batches drawn with replacement, lesion slices over-sampled."""
         weights = np.where(self.has_lesion, lesion_oversample, 1.0)
@@ -70,10 +72,15 @@ class PlaneSlices:
             chosen = rng.choice(len(self.index), size=batch_size, p=probabilities)
             yield self.batch(chosen)
 
-    def in_order(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every slice once, in order (validation)."""
+    def in_order(
+        self, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Every slice once, in order, with its brain mask (validation)."""
         for start in range(0, len(self.index), batch_size):
-            yield self.batch(np.arange(start, min(start + batch_size, len(self.index))))
+            rows = np.arange(start, min(start + batch_size, len(self.index)))
+            images, targets = self.batch(rows)
+            brains = [(self.brains[case][s], self.brains[case][s]) for case, s in self.index[rows]]
+            yield images, targets, collate(brains)[1].bool()
 
     def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 4, H, W) float32 and targets (B, H, W) int64 for the given rows."""

@@ -30,7 +30,7 @@ class CaseVolumes:
     images: np.ndarray  # (4, X, Y, Z) float32, channel order SEQUENCES
     label: np.ndarray | None  # (X, Y, Z) uint8 0/1
     affine: np.ndarray  # 4x4, the reference image's
-    header: nib.Nifti1Header  # the reference image's header (qform/sform and codes kept)
+    header: nib.Nifti1Header  # the reference image's NIfTI-1/2 header (qform/sform and codes)
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
@@ -54,8 +54,9 @@ def _as_3d(image: nib.spatialimages.SpatialImage, fail: Callable[[str], NoReturn
     return image.get_fdata(dtype=np.float32).reshape(shape)
 
 
-def _nifti1_header(image: nib.spatialimages.SpatialImage) -> nib.Nifti1Header:
-    if isinstance(image.header, nib.Nifti1Header):
+def _nifti_header(image: nib.spatialimages.SpatialImage) -> nib.Nifti1Header:
+    """The image's NIfTI-1 or NIfTI-2 header; other formats get a NIfTI-1 header of their affine."""
+    if isinstance(image.header, nib.Nifti1Header):  # NIfTI-2 headers are a subclass
         return image.header.copy()
     converted = nib.Nifti1Image(np.zeros(image.shape[:3], np.uint8), image.affine)
     converted.set_qform(image.affine, code=1)
@@ -106,6 +107,8 @@ def _check_label(data: np.ndarray, fail: Callable[[str], NoReturn]) -> np.ndarra
 
 def read_case(case: Case, storage_options: StorageOptions = None) -> CaseVolumes:
     """Read and validate a case; raise CaseError naming the file and problem."""
+    if case.problem:
+        raise CaseError(case.problem)
     uris = case.sequence_uris()
     reference = _load(case.case_id, REFERENCE_SEQUENCE, uris[REFERENCE_SEQUENCE], storage_options)
     ref_image, ref_data, _ = reference
@@ -128,5 +131,5 @@ def read_case(case: Case, storage_options: StorageOptions = None) -> CaseVolumes
         images=np.stack(channels),
         label=label,
         affine=ref_image.affine.copy(),
-        header=_nifti1_header(ref_image),
+        header=_nifti_header(ref_image),
     )

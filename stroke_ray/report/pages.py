@@ -21,33 +21,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stroke_ray import figures
-from stroke_ray import report_html as h
+from stroke_ray.config import PLANES, describe_weights, is_scratch
 from stroke_ray.io import (
     StorageOptions,
     exists,
     join_uri,
     read_bytes,
+    read_json,
+    read_parquet,
     write_bytes_atomic,
 )
 from stroke_ray.outputs import POOLED_RATIOS, source_order, source_summary, summarise
-from stroke_ray.planes import PLANES
-from stroke_ray.report_cases import case_sections
-from stroke_ray.runs import history_uri, read_json, read_parquet, run_json_uri
+from stroke_ray.report import figures
+from stroke_ray.report import html as h
+from stroke_ray.report.cases import case_sections
+from stroke_ray.runs import history_uri, run_json_uri
 
-__all__ = [
-    "ReportError",
-    "Segmentation",
-    "load_segmentation",
-    "source_order",
-    "source_summary",
-    "weights_label",
-    "write_report",
-]
+__all__ = ["ReportError", "Segmentation", "load_segmentation", "tl_or_scratch", "write_report"]
 
 logger = logging.getLogger(__name__)
-
-_SCRATCH = ("", "none", "scratch")
 
 
 class ReportError(ValueError):
@@ -88,23 +80,13 @@ def load_segmentation(out: str, options: StorageOptions = None) -> Segmentation:
     )
 
 
-def _is_scratch(weights: str | None) -> bool:
-    return weights in _SCRATCH
-
-
-def weights_label(weights: str | None) -> str:
-    """Short name of a weights setting: 'scratch' or 'TL (<weights>)' (transfer learning)."""
-    return "scratch" if _is_scratch(weights) else f"TL ({weights})"
+def tl_or_scratch(weights: str) -> str:
+    """A weights setting as shown in the report: 'scratch' or 'TL (<weights>)'."""
+    return "scratch" if is_scratch(weights) else f"TL ({weights})"
 
 
 def _describe_weights(weights: str | None) -> str:
-    if weights is None:
-        return "unknown"
-    if _is_scratch(weights):
-        return "none: trained from scratch"
-    if weights == "imagenet":
-        return "imagenet: ImageNet-pretrained encoder (transfer learning)"
-    return f"{weights}: pretrained checkpoint (transfer learning)"
+    return "unknown" if weights is None else describe_weights(weights)
 
 
 def _source_table(summary: pd.DataFrame) -> str:
@@ -127,7 +109,7 @@ def _source_table(summary: pd.DataFrame) -> str:
 def _paper_cell(record: dict[str, Any], column: str) -> object:
     value = record[column]
     if column == "weights":
-        return weights_label(value)
+        return tl_or_scratch(value)
     if column.endswith("_mean") and f"{column[:-5]}_sd" in record:
         return f"{h.number(value)} ± {h.number(record[f'{column[:-5]}_sd'])}"
     if isinstance(value, int | np.integer):
@@ -223,11 +205,11 @@ def _resolve(base: str, path: str, options: StorageOptions) -> str:
 
 def _tl_first(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Arms with transfer-learning settings before scratch (stable otherwise)."""
-    return sorted(arms, key=lambda arm: _is_scratch(arm.get("weights")))
+    return sorted(arms, key=lambda arm: is_scratch(arm.get("weights")))
 
 
 def _arm_label(arm: dict[str, Any], several_folds: bool) -> str:
-    label = weights_label(arm.get("weights"))
+    label = tl_or_scratch(arm.get("weights"))
     return f"{label} fold {arm.get('fold')}" if several_folds else label
 
 
@@ -238,8 +220,8 @@ def _experiment_boxes(metrics: pd.DataFrame) -> tuple[pd.DataFrame, list[str], l
     fused_name = "fused_" + ok["fusion"].astype(str)
     ok["category"] = ok["source"].where(is_plane | (ok["source"] != "fused"), fused_name)
     ok = ok[~ok.duplicated(["weights", "fold", "case_id", "category"])]
-    ok = ok.sort_values("weights", key=lambda w: w.map(_is_scratch), kind="stable")
-    ok["group"] = ok["weights"].map(weights_label)
+    ok = ok.sort_values("weights", key=lambda w: w.map(is_scratch), kind="stable")
+    ok["group"] = ok["weights"].map(tl_or_scratch)
     return ok, source_order(set(ok["category"])), list(dict.fromkeys(ok["group"]))
 
 

@@ -8,20 +8,19 @@ same way up, and draw FLAIR and DWI in three planes with the truth and predictio
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from nibabel import orientations
 
-from stroke_ray import figures
-from stroke_ray import report_html as h
 from stroke_ray.cohort import SEQUENCES, Case, load_cohort
+from stroke_ray.config import PLANES
 from stroke_ray.io import StorageOptions, read_image
 from stroke_ray.outputs import mask_uri
-from stroke_ray.planes import PLANES
-from stroke_ray.preprocess import to_canonical
+from stroke_ray.preprocess import ras_spacing, to_canonical
+from stroke_ray.qc import dice_agreement_correlation, qc_points
+from stroke_ray.report import figures
+from stroke_ray.report import html as h
 from stroke_ray.volumes import CaseVolumes, read_case
 
 __all__ = ["ras_views", "case_sections"]
@@ -29,15 +28,6 @@ __all__ = ["ras_views", "case_sections"]
 logger = logging.getLogger(__name__)
 
 _SHOWN_SEQUENCES = ("flair", "dwi")
-
-
-def _ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size along the RAS axes that to_canonical produces."""
-    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-    spacing = [0.0, 0.0, 0.0]
-    for source_axis, (target_axis, _) in enumerate(orientations.io_orientation(affine)):
-        spacing[int(target_axis)] = float(zooms[source_axis])
-    return tuple(spacing)  # type: ignore[return-value]
 
 
 def ras_views(
@@ -52,7 +42,7 @@ def ras_views(
         {name.upper(): image for name, image in zip(_SHOWN_SEQUENCES, images, strict=True)},
         truth,
         to_canonical(prediction, affine),
-        _ras_spacing(affine),
+        ras_spacing(affine),
     )
 
 
@@ -141,19 +131,12 @@ def _case_table(metrics: pd.DataFrame, pictured: set[str]) -> str:
     return h.table(header, rows, sortable=True, row_classes=classes)
 
 
-def _correlation(x: pd.Series, y: pd.Series) -> float:
-    if x.std() == 0 or y.std() == 0:
-        return math.nan
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def _qc_section(metrics: pd.DataFrame) -> str:
-    fused = metrics[(metrics["source"] == "fused") & (metrics["status"] == "ok")]
-    points = fused.dropna(subset=["dice", "agreement_dice"])
+    points = qc_points(metrics)
     if len(points) < 3:
         return h.section("QC", h.note(f"{len(points)} labelled cases: the scatter needs 3"))
-    r = _correlation(points["agreement_dice"], points["dice"])
-    text = "undefined (constant values)" if math.isnan(r) else f"{r:.3f}"
+    r = dice_agreement_correlation(metrics)
+    text = "undefined (constant values)" if r is None else f"{r:.3f}"
     png = figures.qc_scatter(points, f"Pearson r = {text}")
     caption = (
         f"Fused Dice against the QC score (mean pairwise Dice of the three plane masks) for "

@@ -1,0 +1,124 @@
+"""What one case's plane predictions become: masks on the source grid and metric rows.
+
+Pure functions over arrays (no Ray, no files). The write stage of ``segment`` calls
+:func:`case_masks` (probabilities → masks) and :func:`case_rows` (masks + label → rows),
+then writes what they return.
+
+- Every plane's slice probabilities are restacked in slice order onto the network grid.
+- Each plane votes lesion where its probability is ≥ 0.5; the planes are fused
+  (:mod:`stroke_ray.fusion`) and every mask is mapped back to the source voxel grid.
+- Rows: one per source (each plane, ``fused`` = the job's fusion, ``fused_<mode>`` for extra
+  modes) with every metric of :mod:`stroke_ray.metrics`; the ``fused`` row also carries
+  the QC columns of :mod:`stroke_ray.qc`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stroke_ray.fusion import THRESHOLD, fuse, probability_spread, vote_count
+from stroke_ray.inference import PlanePrediction, restack
+from stroke_ray.metrics import evaluate
+from stroke_ray.preprocess import Geometry, restore
+from stroke_ray.qc import agreement_scores, qc_flag
+
+__all__ = ["FusionSettings", "CaseMasks", "case_masks", "case_rows", "error_row", "voxel_ml"]
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """How the planes of a case are fused."""
+
+    fusion: str = "majority"
+    plane_weights: Mapping[str, float] | None = None
+    extra_fusions: tuple[str, ...] = ()
+    save_planes: bool = False
+
+
+@dataclass
+class CaseMasks:
+    """A case's results on the source voxel grid."""
+
+    masks: dict[str, np.ndarray]  # source → uint8 mask: planes, "fused", "fused_<mode>"
+    votes: np.ndarray  # uint8, planes voting lesion per voxel
+    plane_agreement: dict[str, float]  # agreement_dice, unanimous_fraction
+    brain_voxels: int
+    probability: np.ndarray | None = None  # mean plane probability (save_planes)
+    spread: np.ndarray | None = None  # max − min plane probability (save_planes)
+
+
+def voxel_ml(spacing_mm: tuple[float, float, float]) -> float:
+    """Volume of one voxel in ml."""
+    return float(np.prod(spacing_mm)) / 1000.0
+
+
+def case_masks(
+    predictions: Mapping[str, PlanePrediction],
+    brain: np.ndarray,
+    geometry: Geometry,
+    settings: FusionSettings,
+) -> CaseMasks:
+    """Restack, fuse and map back: every mask of a case in its source geometry."""
+    probabilities = {
+        plane: restack(prediction, brain.shape, plane) for plane, prediction in predictions.items()
+    }
+    votes = vote_count(probabilities)
+    fused = fuse(probabilities, settings.fusion, settings.plane_weights)
+    masks = {
+        plane: restore((p >= THRESHOLD).astype(np.uint8), geometry)
+        for plane, p in probabilities.items()
+    }
+    masks["fused"] = restore(fused, geometry)
+    for mode in settings.extra_fusions:
+        extra = fuse(probabilities, mode, settings.plane_weights)
+        masks[f"fused_{mode}"] = restore(extra, geometry)
+    result = CaseMasks(
+        masks=masks,
+        votes=restore(votes, geometry),
+        plane_agreement=agreement_scores(probabilities, votes, fused),
+        brain_voxels=int(brain.sum()),
+    )
+    if settings.save_planes:
+        mean = sum(probabilities.values()) / len(probabilities)
+        result.probability = restore(mean.astype(np.float32), geometry)
+        result.spread = restore(probability_spread(probabilities), geometry)
+    return result
+
+
+def case_rows(
+    case_id: str,
+    result: CaseMasks,
+    label: np.ndarray | None,
+    spacing_mm: tuple[float, float, float],
+    common: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """One metric row per source; the ``fused`` row carries the QC columns."""
+    unit_ml = voxel_ml(spacing_mm)
+    rows = []
+    for source, mask in result.masks.items():
+        row: dict[str, Any] = {**common, "case_id": case_id, "source": source}
+        if source.startswith("fused_"):
+            row["fusion"] = source.removeprefix("fused_")
+        if label is None:
+            row.update(status="unlabelled", volume_pred_ml=float(mask.sum()) * unit_ml)
+        else:
+            row.update(status="ok", **evaluate(mask, label, spacing_mm))
+        rows.append(row)
+    fused = result.masks["fused"]
+    flag = qc_flag(
+        result.plane_agreement,
+        volume_ml=float(fused.sum()) * unit_ml,
+        brain_ml=result.brain_voxels * unit_ml,
+        any_lesion=bool(result.votes.any()),
+    )
+    next(r for r in rows if r["source"] == "fused").update(result.plane_agreement, qc_flag=flag)
+    return rows
+
+
+def error_row(case_id: str, message: str, common: Mapping[str, Any]) -> dict[str, Any]:
+    """The single row of a case that failed."""
+    return {**common, "case_id": case_id, "source": "fused", "status": "error", "error": message}

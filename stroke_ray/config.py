@@ -1,0 +1,283 @@
+"""Every option of every job, declared once: a config dataclass field with its default and help.
+
+The CLI builds its options from these fields (:mod:`stroke_ray.options`), Ray workers receive
+the same objects, and ``run.json``/``segment.json`` record them (without credentials).
+Nothing here imports torch or Ray, so ``stroke-ray --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from stroke_ray.options import option
+
+__all__ = [
+    "PLANES",
+    "FUSION_MODES",
+    "PRECISIONS",
+    "ModelConfig",
+    "TrainConfig",
+    "SegmentConfig",
+    "ExperimentConfig",
+    "DemoConfig",
+    "ReportConfig",
+    "parse_storage_options",
+    "is_scratch",
+    "weights_label",
+    "describe_weights",
+    "public_dict",
+]
+
+PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
+FUSION_MODES: tuple[str, ...] = ("majority", "weighted", "soft")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+_SCRATCH = ("none", "", "scratch")
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    """``--storage-options``: a JSON object, or nothing."""
+    import argparse
+
+    if not text:
+        return None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"--storage-options is not valid JSON: {err.msg}") from err
+    if not isinstance(values, dict):
+        raise argparse.ArgumentTypeError("--storage-options must be a JSON object")
+    return values
+
+
+def is_scratch(weights: str | None) -> bool:
+    """Whether a weight setting means random initialisation (training from scratch)."""
+    return weights is None or weights in _SCRATCH
+
+
+def weights_label(weights: str | None) -> str:
+    """A short name for a weight setting: scratch, imagenet, or pretrained-<file stem>."""
+    if is_scratch(weights):
+        return "scratch"
+    if weights == "imagenet":
+        return "imagenet"
+    stem = os.path.basename(str(weights).rstrip("/")).split(".")[0]
+    return f"pretrained-{stem}"
+
+
+def describe_weights(weights: str | None) -> str:
+    """The setting and where a run's initial weights came from."""
+    if is_scratch(weights):
+        return f"{weights or 'none'}: random initialisation (trained from scratch)"
+    if weights == "imagenet":
+        return "imagenet: ImageNet-pretrained encoder (smp download; transfer learning)"
+    return f"{weights}: encoder weights loaded from this file (transfer learning)"
+
+
+_STORAGE_HELP = (
+    "fsspec storage options for s3:// and other URIs, as a JSON object, e.g. "
+    '\'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'. Credentials are better '
+    "left to the standard places (AWS_* environment variables, profiles); whatever is given "
+    "here is never logged or written to outputs."
+)
+_COHORT_HELP = "manifest (CSV/Parquet) or ISLES-layout folder; local path or URI"
+
+
+def _storage_field() -> Any:
+    return field(
+        default=None,
+        repr=False,
+        metadata={"help": _STORAGE_HELP, "parse": parse_storage_options, "metavar": "JSON"},
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one plane's Res-UNet (the initial weights are chosen separately)."""
+
+    encoder_name: str = option("smp encoder name", default="resnet50", flag="--encoder")
+    decoder_channels: tuple[int, ...] = option(
+        "U-Net decoder channels, five values", default=(256, 128, 64, 32, 16), nargs=5, metavar="C"
+    )
+    encoder_depth: int = 5
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (run.json's ``model``)."""
+        return {**asdict(self), "decoder_channels": list(self.decoder_channels)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{**values, "decoder_channels": tuple(values["decoder_channels"])})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; the CLI fills it, Ray workers receive it."""
+
+    cohort: str = option(_COHORT_HELP)
+    out: str = option("run folder to create or resume (local path or URI)")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    weights: str = option(
+        "initial encoder weights: 'imagenet' (smp download), 'none' (train from scratch), "
+        "or a path/URI of a checkpoint or encoder state dict",
+        default="imagenet",
+    )
+    epochs: int = option("training epochs", default=10)
+    freeze_epochs: int = option(
+        "epochs with the pretrained encoder frozen before fine-tuning at --finetune-lr; "
+        "ignored with --weights none",
+        default=3,
+    )
+    lr: float = option(
+        "Adam learning rate: frozen phase, and every epoch from scratch", default=1e-3
+    )
+    finetune_lr: float = option(
+        "learning rate once a pretrained encoder is unfrozen (every epoch with --freeze-epochs 0)",
+        default=1e-4,
+    )
+    batch_size: int = option("slices per training step per worker", default=8)
+    alpha: float = option("weight of the cross-entropy term", default=1.0)
+    beta: float = option("weight of the Dice term", default=1.0)
+    lesion_weight: float = option(
+        "cross-entropy weight of the lesion class, background is 1", default=10.0
+    )
+    lesion_oversample: float = option(
+        "how much more often slices with lesion are drawn", default=3.0
+    )
+    val_fraction: float = option("share of cases held out for validation", default=0.2)
+    seed: int = option("seed of the case split and sampling", default=0)
+    max_steps_per_epoch: int | None = option(
+        "cap on steps per epoch (smoke tests, demos)", default=None
+    )
+    planes: tuple[str, ...] = option("planes to train", default=PLANES, choices=PLANES)
+    use_gpu: bool = option("train on GPUs (one per worker unless --gpus-per-worker)", default=False)
+    gpus_per_worker: float | None = option(
+        "share of a GPU per training worker with --use-gpu (e.g. 0.33: three planes train at "
+        "once on one GPU; see the README for the memory each needs)",
+        default=None,
+    )
+    workers_per_plane: int = option("data-parallel workers per plane", default=1)
+    cpus_per_worker: float | None = option(
+        "CPUs reserved per worker (default: fits 3 planes on the cluster)", default=None
+    )
+    max_failures: int = option(
+        "worker-group restarts from the last checkpoint per plane", default=2
+    )
+    restart: bool = option(
+        "delete an existing run folder and start over instead of resuming", default=False
+    )
+    min_cases: int = 2
+    progress_bars: bool = False
+    storage_options: dict[str, Any] | None = _storage_field()
+
+    @property
+    def scratch(self) -> bool:
+        """Whether the run starts from random weights."""
+        return is_scratch(self.weights)
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Options of a segmentation job; the CLI fills it."""
+
+    cohort: str = option(_COHORT_HELP)
+    model: str = option("a finished training run folder (RUN_DIR)")
+    out: str = option("output folder for masks and metrics (local path or URI)")
+    fusion: str = option("how the planes are fused", default="majority", choices=FUSION_MODES)
+    plane_weights: tuple[float, ...] | None = option(
+        "weights for --fusion weighted (default: the run's validation Dice per plane)",
+        default=None,
+        nargs=3,
+        metavar=("AXIAL", "CORONAL", "SAGITTAL"),
+    )
+    tta: bool = option("test-time augmentation: average with in-plane flips", default=False)
+    use_gpu: bool = option("run the model actors on GPUs", default=False)
+    gpus_per_actor: float | None = option(
+        "share of a GPU per model actor with --use-gpu (e.g. 0.25: four actors on one GPU)",
+        default=None,
+    )
+    num_actors: int = option("model actors (each holds the three models)", default=1)
+    batch_size: int = option("slices per forward pass", default=16)
+    precision: str = option(
+        "auto = bf16 autocast on GPU, fp32 on CPU", default="auto", choices=PRECISIONS
+    )
+    save_planes: bool = option(
+        "also write per-plane masks, the probability map and the spread map", default=False
+    )
+    overwrite: bool = option("redo cases already finished in OUT", default=False)
+    extra_fusions: tuple[str, ...] = ()
+    storage_options: dict[str, Any] | None = _storage_field()
+
+    @property
+    def weights_by_plane(self) -> dict[str, float] | None:
+        """``plane_weights`` keyed by plane name."""
+        if self.plane_weights is None:
+            return None
+        return dict(zip(PLANES, self.plane_weights, strict=True))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The protocol: how cases are split and which initial weights are compared."""
+
+    cohort: str = option(_COHORT_HELP)
+    out: str = option("experiment folder")
+    weights: tuple[str, ...] = option(
+        "weight settings to compare: imagenet, none (scratch) and/or paths/URIs of encoder weights",
+        default=("imagenet", "none"),
+    )
+    folds: int | None = option(
+        "K-fold cross-validation by case (instead of --test-fraction)", default=None
+    )
+    test_fraction: float = option("held-out share of cases", default=0.25)
+    training: TrainConfig | None = None  # every arm is this config with its weights and folders
+
+    @property
+    def storage_options(self) -> dict[str, Any] | None:
+        """The training config's storage options (one set for the whole experiment)."""
+        return self.training.storage_options if self.training else None
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The synthetic demo cohort."""
+
+    out_dir: str = option("folder to write the cohort into", flag="out_dir")
+    cases: int = option("number of cases", default=8)
+    shape: tuple[int, ...] = option(
+        "volume shape", default=(64, 64, 48), nargs=3, metavar=("X", "Y", "Z")
+    )
+    spacing: float = option("isotropic voxel size in mm", default=3.0)
+    seed: int = option("random seed", default=0)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The HTML report of a segmentation or experiment folder."""
+
+    out: str = option("segmentation output folder or experiment folder (path or URI)", flag="out")
+    html: str | None = option(
+        "where to write the report (default OUT/report.html)", default=None, metavar="PATH"
+    )
+    max_cases: int = option("case pictures, worst fused Dice first", default=50, metavar="N")
+    storage_options: dict[str, Any] | None = _storage_field()
+
+
+def public_dict(config: Any) -> dict[str, Any]:
+    """A config as JSON-friendly values without credentials (for run.json, segment.json)."""
+    values = {}
+    for item in dataclasses.fields(config):
+        if item.name == "storage_options":
+            continue
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            value = public_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        values[item.name] = value
+    return values

@@ -1,0 +1,276 @@
+"""One plane's training, as plain functions that run without Ray (the shape of torchvision's
+segmentation reference): the phase rule, one epoch of training, the validation pass, and the
+checkpoint state. ``stroke_ray.train`` wires them to Ray Train (devices, DDP, reporting).
+
+GPU rules, kept here by construction:
+- collectives run on the worker's device (NCCL has no CPU tensors): :func:`all_reduce`;
+- a checkpoint holds CPU tensors only and is read with ``map_location="cpu"``
+  (:func:`checkpoint_state`, :func:`load_checkpoint_state`), so a CPU head can read what a
+  GPU worker wrote;
+- optimizer state is loaded after the model is on its device (:func:`restore_training`),
+  so Adam's moments live beside their parameters after a restart.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from stroke_ray.config import TrainConfig
+from stroke_ray.metrics import ratios_from_counts
+from stroke_ray.model import set_encoder_trainable
+from stroke_ray.slices import PlaneSlices
+
+__all__ = [
+    "Phase",
+    "phase",
+    "apply_phase",
+    "Progress",
+    "epoch_metrics",
+    "all_reduce",
+    "train_one_epoch",
+    "evaluate",
+    "Evaluation",
+    "to_cpu",
+    "checkpoint_state",
+    "checkpoint_bytes",
+    "load_checkpoint_state",
+    "restore_training",
+]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What an epoch trains and how fast."""
+
+    encoder_frozen: bool
+    lr: float
+
+
+def phase(epoch: int, config: TrainConfig) -> Phase:
+    """The transfer-learning schedule: frozen encoder at ``lr``, then fine-tuning at ``finetune_lr``.
+
+    From scratch every epoch trains everything at ``lr``; with pretrained weights the first
+    ``freeze_epochs`` epochs train the decoder only at ``lr``, every later epoch (all of them
+    when ``freeze_epochs`` is 0) fine-tunes the whole network at ``finetune_lr``.
+    """
+    if config.scratch:
+        return Phase(encoder_frozen=False, lr=config.lr)
+    if epoch < config.freeze_epochs:
+        return Phase(encoder_frozen=True, lr=config.lr)
+    return Phase(encoder_frozen=False, lr=config.finetune_lr)
+
+
+def apply_phase(model: torch.nn.Module, optimizer: torch.optim.Optimizer, current: Phase) -> None:
+    """Freeze or unfreeze the encoder and set the learning rate."""
+    set_encoder_trainable(model, not current.encoder_frozen)
+    for group in optimizer.param_groups:
+        group["lr"] = current.lr
+
+
+def all_reduce(values: torch.Tensor, device: torch.device, op: str = "sum") -> torch.Tensor:
+    """Reduce ``values`` over the process group on ``device``; a CPU copy of the result.
+
+    Without a process group (one worker, unit tests) the values come back unchanged.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values.cpu()
+    reduce_op = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}[op]
+    on_device = values.to(device)
+    torch.distributed.all_reduce(on_device, op=reduce_op)
+    return on_device.cpu()
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    encoder: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    *,
+    encoder_frozen: bool,
+) -> tuple[float, int]:
+    """Train over ``batches``; return (mean loss, steps).
+
+    A frozen encoder stays in eval mode so its batch-norm statistics are kept.
+    """
+    model.train()
+    if encoder_frozen:
+        encoder.eval()
+    total, steps = 0.0, 0
+    for images, targets in batches:
+        images, targets = images.to(device), targets.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images), targets)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        steps += 1
+    return total / max(steps, 1), steps
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Validation over every worker: mean loss and Dice pooled over the brain voxels."""
+
+    loss: float
+    dice: float
+    slices: int
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    data: PlaneSlices,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    batch_size: int,
+) -> Evaluation:
+    """Loss and pooled lesion Dice over every validation slice of every worker.
+
+    Predictions outside the brain are background, as in segmentation (which zeroes them),
+    so validation Dice is the Dice of the restacked volumes that ``segment`` would write.
+    A worker without validation slices contributes zeros.
+    """
+    model.eval()
+    sums = torch.zeros(5, dtype=torch.float64)  # loss*n, n, tp, fp, fn
+    for images, targets, brain in data.in_order(batch_size):
+        images, targets, brain = images.to(device), targets.to(device), brain.to(device)
+        logits = model(images)
+        predicted = (logits.argmax(dim=1) == 1) & brain
+        lesion = targets == 1
+        sums += torch.tensor(
+            [
+                float(loss_fn(logits, targets)) * len(images),
+                len(images),
+                float((predicted & lesion).sum()),
+                float((predicted & ~lesion).sum()),
+                float((~predicted & lesion).sum()),
+            ],
+            dtype=torch.float64,
+        )
+    loss_sum, count, tp, fp, fn = all_reduce(sums, device).tolist()
+    dice = ratios_from_counts(int(tp), int(fp), int(fn), 0)["dice"]
+    return Evaluation(loss=loss_sum / max(count, 1.0), dice=dice, slices=int(count))
+
+
+def to_cpu(value: Any) -> Any:
+    """A copy of nested dicts/lists/tuples with every tensor detached on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, Mapping):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_cpu(item) for item in value)
+    return value
+
+
+def checkpoint_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epoch: int,
+    best_model: Mapping[str, torch.Tensor],
+    best_dice: float,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Everything a restart needs, as CPU tensors and plain values (``weights_only`` safe)."""
+    keys = list(history[0]) if history else []
+    return to_cpu(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "best_model": dict(best_model),
+            "best_dice": best_dice,
+            "history_keys": keys,
+            "history": [[row[k] for k in keys] for row in history],
+        }
+    )
+
+
+def checkpoint_bytes(state: Mapping[str, Any]) -> bytes:
+    """Serialise a checkpoint state."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint_state(data: bytes) -> dict[str, Any]:
+    """Read a checkpoint state onto the CPU (tensors only), history rebuilt as dicts."""
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    state["history"] = [
+        dict(zip(state["history_keys"], row, strict=True)) for row in state["history"]
+    ]
+    return state
+
+
+@dataclass
+class Progress:
+    """Where a plane's training stands."""
+
+    next_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_model: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_dice: float = -1.0
+
+    def record(self, model: torch.nn.Module, metrics: dict[str, Any], dice: float) -> None:
+        """Append an epoch's metrics; keep the weights when validation Dice improved."""
+        self.history.append(metrics)
+        if dice > self.best_dice:
+            self.best_dice = dice
+            self.best_model = to_cpu(model.state_dict())
+        self.next_epoch = int(metrics["epoch"]) + 1
+
+
+def restore_training(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: Mapping[str, Any] | None,
+) -> Progress:
+    """Load a checkpoint state into a model already on its device, then into its optimizer.
+
+    ``Optimizer.load_state_dict`` casts the moments to the device of their parameters, so
+    the model must be on its device first (else Adam's state stays on the CPU).
+    """
+    if state is None:
+        return Progress()
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return Progress(
+        next_epoch=int(state["epoch"]) + 1,
+        history=list(state["history"]),
+        best_model=dict(state["best_model"]),
+        best_dice=float(state["best_dice"]),
+    )
+
+
+def epoch_metrics(
+    plane: str,
+    epoch: int,
+    current: Phase,
+    train_loss: float,
+    steps: int,
+    validation: Evaluation,
+    train_slices: int,
+    started: float,
+) -> dict[str, Any]:
+    """One history row."""
+    return {
+        "plane": plane,
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": validation.loss,
+        "val_dice": validation.dice,
+        "lr": current.lr,
+        "encoder_frozen": current.encoder_frozen,
+        "steps": steps,
+        "train_slices": train_slices,
+        "seconds": time.perf_counter() - started,
+    }
