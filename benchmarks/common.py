@@ -16,14 +16,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import torch
 
+from stroke_ray.cohort import load_cohort
 from stroke_ray.config import ModelConfig
+from stroke_ray.inference import predict_plane
 from stroke_ray.io import write_json
 from stroke_ray.model import build_model
-from stroke_ray.planes import PLANES
-from stroke_ray.runs import package_versions, run_json_uri, save_plane_model
+from stroke_ray.planes import PLANES, brain_slice_indices, volume_to_slices
+from stroke_ray.preprocess import prepare
+from stroke_ray.runs import load_plane_model, package_versions, run_json_uri, save_plane_model
+from stroke_ray.volumes import read_case
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TINY_DECODER = (16, 8, 8, 4, 4)
@@ -145,13 +150,16 @@ def subset_manifest(manifest: Path, count: int, name: str) -> Path:
     return target
 
 
-def start_ray(num_cpus: int = 2) -> float:
+def start_ray(num_cpus: int = 2, num_gpus: int = 0) -> float:
     """Start a private local Ray instance (never another session's cluster); its seconds."""
     import ray
     import ray.data
 
     started = time.perf_counter()
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+        log_to_driver=False,
+    )  # fmt: skip
     ray.data.DataContext.get_current().enable_progress_bars = False
     return time.perf_counter() - started
 
@@ -200,3 +208,62 @@ class PeakRss:
     def peak_mib(self) -> float:
         """The peak in MiB."""
         return round(self.peak_bytes / 2**20, 1)
+
+
+def _warm_brain(brain: np.ndarray, plane: str, count: int) -> np.ndarray:
+    """The brain mask restricted to the plane's first ``count`` brain slices."""
+    keep = brain_slice_indices(brain, plane)[:count]
+    mask = np.zeros_like(brain)
+    volume_to_slices(mask, plane)[keep] = volume_to_slices(brain, plane)[keep]
+    return mask
+
+
+def bare_forward(
+    manifest: Path,
+    run_dir: Path,
+    batch_size: int,
+    precision: str,
+    device: torch.device,
+    num_actors: int = 1,
+) -> dict[str, Any]:
+    """Time predict_plane over every case's three planes, data prepared beforehand.
+
+    On the CPU the thread count is the job's own rule (cores // actors); one untimed batch
+    per plane warms up first.
+    """
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_actors))
+    models = {plane: load_plane_model(str(run_dir), plane).to(device) for plane in PLANES}
+    if device.type == "cuda":
+        models = {p: m.to(memory_format=torch.channels_last) for p, m in models.items()}
+    options = {"batch_size": batch_size, "precision": precision, "device": device}
+    per_case = []
+    for case in load_cohort(str(manifest)):
+        prepared = prepare(read_case(case))
+        if not per_case:
+            for plane, model in models.items():
+                warm = _warm_brain(prepared.brain, plane, batch_size)
+                predict_plane(model, prepared.image, warm, plane, **options)
+        _synchronise(device)
+        started = time.perf_counter()
+        slices = sum(
+            len(predict_plane(model, prepared.image, prepared.brain, plane, **options)[0])
+            for plane, model in models.items()
+        )
+        _synchronise(device)
+        seconds = time.perf_counter() - started
+        per_case.append({"case_id": prepared.case_id, "slices": slices, "seconds": seconds})
+    slices = sum(row["slices"] for row in per_case)
+    seconds = sum(row["seconds"] for row in per_case)
+    return {
+        "threads": torch.get_num_threads(),
+        "slices": slices,
+        "seconds": round(seconds, 3),
+        "slices_per_s": round(slices / seconds, 2),
+        "per_case": per_case,
+    }
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

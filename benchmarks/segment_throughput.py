@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmarks.common import (
     TINY_DECODER,
     PeakRss,
+    bare_forward,
     base_parser,
     load_average,
     machine_info,
@@ -31,15 +30,9 @@ from benchmarks.common import (
     workdir,
     write_results,
 )
-from stroke_ray.cohort import load_cohort
 from stroke_ray.config import ModelConfig
 from stroke_ray.demo import generate_cohort
-from stroke_ray.inference import predict_plane
-from stroke_ray.planes import PLANES, brain_slice_indices, volume_to_slices
-from stroke_ray.preprocess import Prepared, prepare
-from stroke_ray.runs import load_plane_model
 from stroke_ray.segment import SegmentConfig, segment
-from stroke_ray.volumes import read_case
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,46 +67,10 @@ def _job_config(args: argparse.Namespace, manifest: Path, run_dir: Path, out: Pa
     )
 
 
-def _warm_brain(brain: np.ndarray, plane: str, count: int) -> np.ndarray:
-    """The brain mask restricted to the plane's first ``count`` brain slices."""
-    keep = brain_slice_indices(brain, plane)[:count]
-    mask = np.zeros_like(brain)
-    volume_to_slices(mask, plane)[keep] = volume_to_slices(brain, plane)[keep]
-    return mask
-
-
-def _prepared_cases(manifest: Path) -> list[Prepared]:
-    return [prepare(read_case(case)) for case in load_cohort(str(manifest))]
-
-
-def bare_forward(args: argparse.Namespace, manifest: Path, run_dir: Path) -> dict[str, Any]:
-    """Time predict_plane over every case's three planes, data prepared beforehand."""
-    threads = max(1, (os.cpu_count() or 1) // args.num_actors)  # the job's rule on one node
-    torch.set_num_threads(threads)
-    models = {plane: load_plane_model(str(run_dir), plane) for plane in PLANES}
-    options = {"batch_size": args.batch_size, "precision": args.precision}
-    per_case = []
-    for prepared in _prepared_cases(manifest):
-        if not per_case:  # warm-up: one batch per plane, untimed
-            for plane, model in models.items():
-                warm = _warm_brain(prepared.brain, plane, args.batch_size)
-                predict_plane(model, prepared.image, warm, plane, **options)
-        started = time.perf_counter()
-        slices = sum(
-            len(predict_plane(model, prepared.image, prepared.brain, plane, **options)[0])
-            for plane, model in models.items()
-        )
-        seconds = time.perf_counter() - started
-        per_case.append({"case_id": prepared.case_id, "slices": slices, "seconds": seconds})
-    slices = sum(row["slices"] for row in per_case)
-    seconds = sum(row["seconds"] for row in per_case)
-    return {
-        "threads": threads,
-        "slices": slices,
-        "seconds": round(seconds, 3),
-        "slices_per_s": round(slices / seconds, 2),
-        "per_case": per_case,
-    }
+def cpu_bare_forward(args: argparse.Namespace, manifest: Path, run_dir: Path) -> dict[str, Any]:
+    """The bare forward pass with the job's batch size, precision and threads."""
+    device = torch.device("cpu")
+    return bare_forward(manifest, run_dir, args.batch_size, args.precision, device, args.num_actors)
 
 
 def run_job(args: argparse.Namespace, manifest: Path, run_dir: Path, out: Path) -> float:
@@ -175,7 +132,7 @@ def main() -> None:
             root / "cohort", n_cases=args.cases, shape=args.shape, spacing_mm=args.spacing
         )
         run_dir = make_random_run(root / "run", args.encoder, args.decoder)
-        bare = bare_forward(args, manifest, run_dir)
+        bare = cpu_bare_forward(args, manifest, run_dir)
         print(
             f"bare forward: {bare['slices']} slices in {bare['seconds']} s = "
             f"{bare['slices_per_s']} slices/s ({bare['threads']} threads)"

@@ -6,6 +6,7 @@ import csv
 import logging
 import math
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,6 +290,29 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(img, path)
 
 
+def _write_case(
+    out_dir: Path,
+    seed: int,
+    case_index: int,
+    shape: tuple[int, int, int],
+    spacing_mm: float,
+) -> dict[str, str]:
+    """Write one demo case (deterministic in seed and index); return its manifest row."""
+    case_id = f"demo_{case_index:03d}"
+    rng = np.random.default_rng([seed, case_index])
+    lesion_count = _case_lesion_count(rng, case_index)
+    case = synth_case(rng, shape, spacing_mm, lesion_count=lesion_count)
+    (out_dir / case_id).mkdir(exist_ok=True)
+    row = {"case_id": case_id}
+    affine = _centred_affine(shape, spacing_mm)
+    for key, array in case.items():
+        rel_path = f"{case_id}/{case_id}_{key}.nii.gz"
+        _save_nifti(array, affine, out_dir / rel_path)
+        row[key] = rel_path
+    logger.debug("wrote %s with %d lesion(s)", case_id, lesion_count)
+    return row
+
+
 def generate_cohort(
     out_dir: str | Path,
     *,
@@ -296,27 +320,19 @@ def generate_cohort(
     shape: tuple[int, int, int] = (64, 64, 48),
     spacing_mm: float = 3.0,
     seed: int = 0,
+    workers: int = 1,
 ) -> Path:
-    """Write a synthetic cohort and its manifest; return the manifest path."""
+    """Write a synthetic cohort and its manifest (``workers`` processes); return the manifest."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shape = tuple(int(n) for n in shape)
-    affine = _centred_affine(shape, spacing_mm)
-    rows = []
     start = time.perf_counter()
-    for case_index in range(n_cases):
-        case_id = f"demo_{case_index:03d}"
-        rng = np.random.default_rng([seed, case_index])
-        lesion_count = _case_lesion_count(rng, case_index)
-        case = synth_case(rng, shape, spacing_mm, lesion_count=lesion_count)
-        (out_dir / case_id).mkdir(exist_ok=True)
-        row = {"case_id": case_id}
-        for key, array in case.items():
-            rel_path = f"{case_id}/{case_id}_{key}.nii.gz"
-            _save_nifti(array, affine, out_dir / rel_path)
-            row[key] = rel_path
-        rows.append(row)
-        logger.debug("wrote %s with %d lesion(s)", case_id, lesion_count)
+    arguments = [(out_dir, seed, index, shape, spacing_mm) for index in range(n_cases)]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            rows = list(pool.map(_write_case, *zip(*arguments, strict=True)))
+    else:
+        rows = [_write_case(*values) for values in arguments]
     manifest = out_dir / "manifest.csv"
     with manifest.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)

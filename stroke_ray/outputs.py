@@ -154,7 +154,7 @@ def grouped_summary(
         record.update({f"{k}_pooled": v for k, v in ratios_from_counts(**counts).items()})
         records.append(record)
     table = pd.DataFrame(records)
-    if table.empty:
+    if table.empty or "source" not in keys:
         return table
     order = {source: i for i, source in enumerate(source_order(set(table["source"])))}
     return table.sort_values(

@@ -79,8 +79,8 @@ class PlaneSlices:
         for start in range(0, len(self.index), batch_size):
             rows = np.arange(start, min(start + batch_size, len(self.index)))
             images, targets = self.batch(rows)
-            brains = [(self.brains[case][s], self.brains[case][s]) for case, s in self.index[rows]]
-            yield images, targets, collate(brains)[1].bool()
+            brains = _pad_stack([self.brains[case][s] for case, s in self.index[rows]], bool)
+            yield images, targets, torch.from_numpy(brains)
 
     def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 4, H, W) float32 and targets (B, H, W) int64 for the given rows."""
@@ -88,13 +88,18 @@ class PlaneSlices:
         return collate(pairs)
 
 
+def _pad_stack(arrays: Sequence[np.ndarray], dtype) -> np.ndarray:
+    """Stack (..., H, W) arrays, zero-padding each to the largest height and width."""
+    height = max(array.shape[-2] for array in arrays)
+    width = max(array.shape[-1] for array in arrays)
+    out = np.zeros((len(arrays), *arrays[0].shape[:-2], height, width), dtype=dtype)
+    for row, array in enumerate(arrays):
+        out[row, ..., : array.shape[-2], : array.shape[-1]] = array
+    return out
+
+
 def collate(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (image, label) slice pairs, zero-padding to the largest height and width."""
-    height = max(image.shape[-2] for image, _ in pairs)
-    width = max(image.shape[-1] for image, _ in pairs)
-    images = np.zeros((len(pairs), pairs[0][0].shape[0], height, width), dtype=np.float32)
-    labels = np.zeros((len(pairs), height, width), dtype=np.int64)
-    for row, (image, label) in enumerate(pairs):
-        images[row, :, : image.shape[-2], : image.shape[-1]] = image
-        labels[row, : label.shape[-2], : label.shape[-1]] = label
+    images = _pad_stack([image for image, _ in pairs], np.float32)
+    labels = _pad_stack([label for _, label in pairs], np.int64)
     return torch.from_numpy(images), torch.from_numpy(labels)

@@ -65,6 +65,7 @@ from stroke_ray.train_loop import (
     evaluate,
     load_checkpoint_state,
     phase,
+    replicas_agree,
     restore_training,
     train_one_epoch,
 )
@@ -150,6 +151,18 @@ def _check_slices(plane: str, rank: int, train_data: PlaneSlices, val_slices: in
         )
 
 
+def _rank0_state(model, optimizer, progress, failed: dict[str, str], rank: int) -> dict | None:
+    """The checkpoint state after the last recorded epoch; written by rank 0 only."""
+    if rank != 0:
+        return None
+    state = checkpoint_state(
+        model, optimizer, epoch=int(progress.history[-1]["epoch"]),
+        best_model=progress.best_model, best_dice=progress.best_dice, history=progress.history,
+    )  # fmt: skip
+    state["failed_cases"] = failed
+    return state
+
+
 def train_plane_loop(loop_config: dict) -> None:
     """Ray Train worker loop for one plane: shards, device and DDP around train_loop."""
     config: TrainConfig = loop_config["config"]
@@ -177,6 +190,11 @@ def train_plane_loop(loop_config: dict) -> None:
     steps = int(all_reduce(torch.tensor([own_steps]), device, op="max").item())
     steps = min(steps, config.max_steps_per_epoch or steps)
 
+    if progress.next_epoch >= config.epochs:
+        # finished before its record was written: report the last epoch again, so the
+        # plane's result carries its checkpoint
+        _report(progress.history[-1], _rank0_state(model, optimizer, progress, failed, rank))
+        return
     wrapped, wrapped_phase = None, None
     bar = _epoch_bar(config, plane, progress.next_epoch) if rank == 0 else None
     for epoch in range(progress.next_epoch, config.epochs):
@@ -201,21 +219,17 @@ def train_plane_loop(loop_config: dict) -> None:
         )  # fmt: skip
         validation = evaluate(wrapped, val_data, loss_fn, device, config.batch_size)
         metrics = epoch_metrics(
-            plane, epoch, current, train_loss, done, validation, len(train_data), started
-        )
+            plane, epoch, current, train_loss, done, validation, len(train_data), started,
+            replicas_in_sync=replicas_agree(model, device),
+        )  # fmt: skip
+        if device.type == "cuda":
+            metrics["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         progress.record(model, metrics, validation.dice)
         logger.info(
             "plane %s epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f",
             plane, epoch + 1, config.epochs, train_loss, validation.loss, validation.dice,
         )  # fmt: skip
-        state = None
-        if rank == 0:
-            state = checkpoint_state(
-                model, optimizer, epoch=epoch, best_model=progress.best_model,
-                best_dice=progress.best_dice, history=progress.history,
-            )  # fmt: skip
-            state["failed_cases"] = failed
-        _report(metrics, state)
+        _report(metrics, _rank0_state(model, optimizer, progress, failed, rank))
         if bar is not None:
             bar.update(1)
 
@@ -346,7 +360,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     previous, history = previous_run(config.out, options)
     if previous is not None:
         ensure_same_definition(config.out, previous.get("definition"), definition, "--restart")
-    todo = [p for p in config.planes if not plane_model_exists(config.out, p, options)]
+    recorded = (previous or {}).get("planes", {})
+    todo = [
+        p for p in config.planes
+        if p not in recorded or not plane_model_exists(config.out, p, options)
+    ]  # fmt: skip
     run = {
         "run_id": os.path.basename(os.path.normpath(config.out)),
         "status": "running",
@@ -356,7 +374,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "versions": package_versions(),
         "split": split,
         "skipped_cases": skipped,
-        "planes": {p: v for p, v in (previous or {}).get("planes", {}).items() if p not in todo},
+        "planes": {p: v for p, v in recorded.items() if p not in todo},
     }
     write_json(run, run_json_uri(config.out), options)
     by_id = {case.case_id: case.to_dict() for case in usable}

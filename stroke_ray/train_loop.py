@@ -34,6 +34,7 @@ __all__ = [
     "epoch_metrics",
     "all_reduce",
     "train_one_epoch",
+    "replicas_agree",
     "evaluate",
     "Evaluation",
     "to_cpu",
@@ -84,6 +85,14 @@ def all_reduce(values: torch.Tensor, device: torch.device, op: str = "sum") -> t
     on_device = values.to(device)
     torch.distributed.all_reduce(on_device, op=reduce_op)
     return on_device.cpu()
+
+
+def replicas_agree(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether every data-parallel worker holds the same weights (a checksum compared)."""
+    with torch.no_grad():
+        checksum = sum(float(p.double().sum()) for p in model.parameters())
+    extremes = all_reduce(torch.tensor([checksum, -checksum], dtype=torch.float64), device, "max")
+    return float(extremes[0]) == -float(extremes[1])
 
 
 def train_one_epoch(
@@ -260,6 +269,7 @@ def epoch_metrics(
     validation: Evaluation,
     train_slices: int,
     started: float,
+    replicas_in_sync: bool = True,
 ) -> dict[str, Any]:
     """One history row."""
     return {
@@ -272,5 +282,7 @@ def epoch_metrics(
         "encoder_frozen": current.encoder_frozen,
         "steps": steps,
         "train_slices": train_slices,
+        "val_slices": validation.slices,
+        "replicas_in_sync": replicas_in_sync,
         "seconds": time.perf_counter() - started,
     }

@@ -1,92 +1,78 @@
-"""Shared test helpers: tiny synthetic cases written as NIfTI files with nibabel."""
+"""Session fixtures: a local Ray, a demo cohort, a tiny trained run and a local S3 server (moto)
+on 127.0.0.1. Plain helpers live in ``helpers.py``."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
-from stroke_ray.cohort import SEQUENCES, Case
-
-DEFAULT_SHAPE: tuple[int, int, int] = (24, 28, 20)
-_WORLD_AXIS = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
+import pytest
+from helpers import DEMO_SHAPE, free_port, tiny_train_config
 
 
-def affine_for(
-    axcodes: str,
-    zooms: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    origin: tuple[float, float, float] = (-10.0, 5.0, 3.0),
-) -> np.ndarray:
-    """Return an axis-aligned affine whose voxel axes point towards ``axcodes`` (e.g. "LPS")."""
-    affine = np.eye(4)
-    affine[:3, :3] = 0.0
-    for voxel_axis, (code, zoom) in enumerate(zip(axcodes, zooms, strict=True)):
-        affine[_WORLD_AXIS[code], voxel_axis] = zoom if code in "RAS" else -zoom
-    affine[:3, 3] = origin
-    return affine
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (2 CPUs, no dashboard)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
 
 
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    """Return a 4x4 rotation about one world axis."""
-    angle = np.deg2rad(degrees)
-    i, j = [a for a in range(3) if a != axis]
-    matrix = np.eye(4)
-    matrix[i, i] = matrix[j, j] = np.cos(angle)
-    matrix[i, j], matrix[j, i] = -np.sin(angle), np.sin(angle)
-    return matrix
+@pytest.fixture(scope="session")
+def demo_manifest(tmp_path_factory) -> Path:
+    """A 5-case demo cohort of 32×32×24 volumes."""
+    from stroke_ray.demo import generate_cohort
+
+    return generate_cohort(tmp_path_factory.mktemp("cohort"), n_cases=5, shape=DEMO_SHAPE)
 
 
-def head_mask(shape: tuple[int, int, int]) -> np.ndarray:
-    """Return an off-centre ellipsoid that stays clear of the grid borders."""
-    grid = np.indices(shape, dtype=float)
-    centre = [n / 2 + offset for n, offset in zip(shape, (1.5, -1.0, 0.5), strict=True)]
-    radii = [0.33 * n for n in shape]
-    distance = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
-    return distance <= 1.0
+@pytest.fixture(scope="session")
+def trained_run(ray_local, demo_manifest, tmp_path_factory) -> Path:
+    """A finished three-plane run on the demo cohort."""
+    from stroke_ray.train import train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(tiny_train_config(demo_manifest, out))
+    return out
 
 
-def synthetic_case(
-    shape: tuple[int, int, int] = DEFAULT_SHAPE, seed: int = 0
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Return integer-valued sequences (positive in the head, 0 outside) and a 0/1 label."""
-    rng = np.random.default_rng(seed)
-    head = head_mask(shape)
-    images = {
-        name: np.where(head, rng.integers(50, 1000, size=shape), 0).astype(np.float32)
-        for name in SEQUENCES
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 at a free port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_options(s3_endpoint) -> dict:
+    """fsspec storage options for the moto server, with a recognisable fake secret."""
+    return {
+        "key": "testing-key",
+        "secret": f"SECRET-{uuid.uuid4().hex}",
+        "client_kwargs": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
     }
-    label = (head & (rng.random(shape) < 0.2)).astype(np.uint8)
-    return images, label
 
 
-def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, dtype: type | None = None) -> Path:
-    """Write ``data`` (cast to ``dtype`` when given) as a NIfTI-1 file with nibabel."""
-    array = data if dtype is None else data.astype(dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, affine, dtype=array.dtype), str(path))
-    return path
+@pytest.fixture
+def s3_bucket(s3_options) -> str:
+    """A fresh bucket; yields its s3:// URI."""
+    import boto3
 
-
-def write_case(
-    tmp_path: Path,
-    case_id: str,
-    shape: tuple[int, int, int] = DEFAULT_SHAPE,
-    affine: np.ndarray | None = None,
-    dtype: type = np.float32,
-    seed: int = 0,
-    suffix: str = ".nii.gz",
-) -> Case:
-    """Write t1/t2/flair/dwi/label files under ``tmp_path/case_id`` and return the Case."""
-    affine = np.eye(4) if affine is None else affine
-    images, label = synthetic_case(shape, seed)
-    folder = tmp_path / case_id
-    paths = {
-        name: str(save_nifti(images[name], affine, folder / f"{name}{suffix}", dtype))
-        for name in SEQUENCES
-    }
-    paths["label"] = str(save_nifti(label, affine, folder / f"label{suffix}", np.uint8))
-    return Case(case_id=case_id, **paths)
-
-
-pytest_plugins = ["ray_fixtures"]
+    name = f"bucket-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3",
+        aws_access_key_id=s3_options["key"],
+        aws_secret_access_key=s3_options["secret"],
+        **s3_options["client_kwargs"],
+    ).create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from conftest import save_nifti, write_case
+from helpers import save_nifti, write_case
 
 import stroke_ray.cohort as cohort_module
+import stroke_ray.io as io_module
 from stroke_ray.cohort import (
     MANIFEST_COLUMNS,
     SEQUENCES,
@@ -22,7 +24,7 @@ from stroke_ray.cohort import (
     load_cohort,
     read_manifest,
 )
-from stroke_ray.volumes import read_case
+from stroke_ray.volumes import CaseError, read_case
 
 ISLES_TAGS = {"t1": "MR_T1", "t2": "MR_T2", "flair": "MR_Flair", "dwi": "MR_DWI"}
 
@@ -228,22 +230,43 @@ def test_empty_sequence_entry(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("entry", ["../../etc/passwd", "a/../../../etc/passwd", "..\\..\\x.nii"])
-def test_escaping_path_rejected_and_nothing_read(
+def test_escaping_path_is_the_case_problem_and_nothing_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: str
 ) -> None:
-    manifest = _write_csv(tmp_path / "cohort" / "m.csv", [{**_row("a", "a"), "flair": entry}])
+    """An escaping entry no longer stops the cohort (ManifestError): it fails its own case,
+    which then becomes one error row, and its files are never opened."""
+    written = write_case(tmp_path / "cohort", "b")
+    rows = [{**_row("a", "a"), "flair": entry}, _row("b", "b")]
+    manifest = _write_csv(tmp_path / "cohort" / "m.csv", rows)
     read_uris: list[str] = []
-    real_read_bytes = cohort_module.read_bytes
+    real_read_bytes = io_module.read_bytes
 
     def recording_read_bytes(uri: str, storage_options: object = None) -> bytes:
-        """Record every file the cohort module reads."""
+        """Record every file the cohort and image readers read."""
         read_uris.append(uri)
         return real_read_bytes(uri, storage_options)
 
     monkeypatch.setattr(cohort_module, "read_bytes", recording_read_bytes)
-    with pytest.raises(ManifestError, match=r"case a: flair path .* escapes the cohort folder"):
-        load_cohort(str(manifest))
+    monkeypatch.setattr(io_module, "read_bytes", recording_read_bytes)
+    escaping, good = load_cohort(str(manifest))
     assert read_uris == [str(manifest)]
+    assert escaping.problem is not None
+    assert re.fullmatch(r"case a: flair path .* escapes the cohort folder .*", escaping.problem)
+    assert escaping.flair == entry  # left unresolved
+    assert good.problem is None and good == written
+    with pytest.raises(CaseError, match=r"case a: flair path .* escapes the cohort folder"):
+        read_case(escaping)
+    assert read_uris == [str(manifest)]
+    assert read_case(good).label is not None  # the other case reads as before
+    assert len(read_uris) > 1
+
+
+def test_case_dict_round_trip_keeps_the_problem() -> None:
+    case = Case("a", "/t1", "/t2", "/f", "/d", None, problem="case a: bad")
+    assert Case.from_dict({**case.to_dict(), "work": "ignored"}) == case
+    assert Case.from_dict({k: v for k, v in case.to_dict().items() if k != "problem"}) == (
+        Case("a", "/t1", "/t2", "/f", "/d", None)
+    )
 
 
 def test_missing_case_id_in_parquet_rejected(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage
 
 from stroke_ray import demo
+from stroke_ray.cohort import SEQUENCES
 
 SHAPE = (64, 64, 48)
 SPACING_MM = 3.0
@@ -160,7 +161,7 @@ def test_tissue_ordering_per_sequence() -> None:
     tissue = np.argmax(anatomy.fractions, axis=0)
     pure = anatomy.brain & (anatomy.fractions.max(axis=0) > 0.8)
     means = {}
-    for seq in demo.SEQUENCES:
+    for seq in SEQUENCES:
         image = demo._render_sequence(rng, seq, anatomy, None)
         means[seq] = [image[pure & (tissue == t)].mean() for t in range(3)]  # CSF, GM, WM
     csf, gm, wm = means["t1"]
@@ -177,7 +178,7 @@ def test_lesion_contrast_signs_per_sequence() -> None:
     anatomy = demo._synth_anatomy(rng, SHAPE)
     label, strength = demo._add_lesions(rng, anatomy, lesion_count=2)
     ratio = {}
-    for seq in demo.SEQUENCES:
+    for seq in SEQUENCES:
         # Same render seed: identical bias field and noise, only the lesion contrast differs.
         with_lesion = demo._render_sequence(np.random.default_rng(1), seq, anatomy, strength)
         without = demo._render_sequence(np.random.default_rng(1), seq, anatomy, None)

@@ -7,9 +7,10 @@ import json
 import pandas as pd
 import pytest
 import torch
-from ray_fixtures import TINY_MODEL
+from helpers import TINY_MODEL
 
-from stroke_ray.experiment import ExperimentConfig, paper_table, run_experiment, weights_label
+from stroke_ray.config import ExperimentConfig, TrainConfig, weights_label
+from stroke_ray.experiment import paper_table, run_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +29,15 @@ def experiment(ray_local, demo_manifest, tmp_path_factory):
         out=str(root / "exp"),
         weights=(str(weights), "none"),
         test_fraction=0.4,
-        training={
+        training=TrainConfig(
+            cohort=str(demo_manifest),
+            out=str(root / "exp"),
             **TINY_MODEL,
-            "epochs": 2,
-            "freeze_epochs": 1,
-            "max_steps_per_epoch": 1,
-            "batch_size": 4,
-        },
+            epochs=2,
+            freeze_epochs=1,
+            max_steps_per_epoch=1,
+            batch_size=4,
+        ),
     )
     return root / "exp", run_experiment(config)
 

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import affine_for, rotation, save_nifti
+from helpers import affine_for, rotation, save_nifti
 
 from stroke_ray.io import (
     ImageReadError,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from ray_fixtures import free_port
+from helpers import free_port
 
 pytestmark = pytest.mark.slow
 

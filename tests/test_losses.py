@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
-from stroke_ray.losses import DEFAULT_LESION_WEIGHT, HybridLoss
+from stroke_ray.config import TrainConfig
+from stroke_ray.losses import HybridLoss
+
+DEFAULT_LESION_WEIGHT = TrainConfig.lesion_weight
 
 # One 2x2 image: logits per class and a target with two lesion pixels.
 BACKGROUND = [[2.0, 0.5], [-1.0, 0.0]]

@@ -16,9 +16,9 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+from stroke_ray.config import ModelConfig
 from stroke_ray.model import (
     IN_CHANNELS,
-    ModelConfig,
     WeightsError,
     build_model,
     load_weights,

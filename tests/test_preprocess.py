@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import affine_for, rotation, write_case
+from helpers import affine_for, rotation, write_case
 
 from stroke_ray.preprocess import PAD_MULTIPLE, prepare, restore, to_canonical, zscore
 from stroke_ray.volumes import CaseVolumes, read_case

@@ -16,21 +16,27 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import affine_for
+from helpers import affine_for
 from PIL import Image
 from scipy import ndimage
 
+from stroke_ray.case_outputs import CaseMasks, case_rows
 from stroke_ray.cli import main
 from stroke_ray.cohort import load_cohort
+from stroke_ray.config import PLANES
 from stroke_ray.demo import generate_cohort
-from stroke_ray.figures import slice_centre
 from stroke_ray.io import image_like, write_nifti_atomic
-from stroke_ray.metrics import evaluate
-from stroke_ray.outputs import consolidate, mask_uri, write_case_rows
-from stroke_ray.planes import PLANES
-from stroke_ray.qc import agreement_scores, qc_flag
-from stroke_ray.report import ReportError, source_order, source_summary, write_report
-from stroke_ray.report_cases import ras_views
+from stroke_ray.outputs import (
+    consolidate,
+    mask_uri,
+    source_order,
+    source_summary,
+    write_case_rows,
+)
+from stroke_ray.qc import agreement_scores
+from stroke_ray.report import ReportError, write_report
+from stroke_ray.report.cases import ras_views
+from stroke_ray.report.figures import slice_centre
 from stroke_ray.volumes import CaseVolumes, read_case
 
 SHAPE = (32, 32, 24)
@@ -100,7 +106,8 @@ def _plane_masks(label: np.ndarray, index: int) -> dict[str, np.ndarray]:
 def _case_rows(
     volumes: CaseVolumes, index: int, out: Path, common: dict, extra_fusions: bool
 ) -> list[dict]:
-    """Write a case's fused mask and votes; return its metric rows (+ fused_weighted/_soft)."""
+    """Write a case's fused mask and votes; return its metric rows (+ fused_weighted/_soft),
+    made by the segmentation's own per-case core from the plane masks."""
     label = volumes.label
     if label is None:
         blob = np.zeros(volumes.images.shape[1:], np.uint8)
@@ -117,19 +124,15 @@ def _case_rows(
     masks = {**planes, "fused": fused}
     if extra_fusions:
         masks |= {"fused_weighted": (votes >= 1).astype(np.uint8), "fused_soft": fused}
-    rows = []
-    for source, mask in masks.items():
-        row = {**common, "case_id": case_id, "source": source, "seconds": 1.0}
-        if source.startswith("fused_"):
-            row["fusion"] = source.removeprefix("fused_")
-        if label is None:
-            row.update(status="unlabelled", volume_pred_ml=float(mask.sum()) * 0.027)
-        else:
-            row.update(status="ok", **evaluate(mask, label, volumes.spacing_mm))
-        rows.append(row)
-    scores = agreement_scores(planes, votes, fused)
-    flag = qc_flag(scores, float(fused.sum()) * 0.027, 1000.0, bool(votes.any()))
-    next(row for row in rows if row["source"] == "fused").update(scores, qc_flag=flag)
+    result = CaseMasks(
+        masks=masks,
+        votes=votes,
+        plane_agreement=agreement_scores(planes, votes, fused),
+        brain_voxels=int(np.any(volumes.images != 0, axis=0).sum()),
+    )
+    rows = case_rows(case_id, result, label, volumes.spacing_mm, common)
+    for row in rows:
+        row["seconds"] = 1.0
     return rows
 
 

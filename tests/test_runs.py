@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from stroke_ray.config import ModelConfig, SegmentConfig
 from stroke_ray.demo import generate_cohort
-from stroke_ray.model import ModelConfig, build_model
+from stroke_ray.io import write_json
+from stroke_ray.model import build_model
 from stroke_ray.runs import (
     RunNotReadyError,
     finished_run,
@@ -13,9 +15,8 @@ from stroke_ray.runs import (
     model_uri,
     run_json_uri,
     save_plane_model,
-    write_json,
 )
-from stroke_ray.segment import SegmentConfig, segment
+from stroke_ray.segment import segment
 
 TINY = ModelConfig(encoder_name="resnet18", decoder_channels=(16, 8, 8, 4, 4))
 

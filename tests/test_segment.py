@@ -15,10 +15,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from ray_fixtures import ray_worker_pids
+from helpers import ray_worker_pids
 
+from stroke_ray.config import SegmentConfig
 from stroke_ray.outputs import SOURCES
-from stroke_ray.segment import SegmentConfig, segment
+from stroke_ray.segment import segment
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from ray_fixtures import ray_worker_pids, tiny_train_config
+from helpers import ray_worker_pids, tiny_train_config
 
-from stroke_ray.planes import PLANES
+from stroke_ray.config import PLANES
 from stroke_ray.runs import load_plane_model
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,8 @@ def test_run_folder_has_models_split_and_history(trained_run: Path, demo_manifes
     all_cases = set(pd.read_csv(demo_manifest)["case_id"])
     assert set(split["train"]).isdisjoint(split["val"])
     assert set(split["train"]) | set(split["val"]) == all_cases
-    assert run["config"]["encoder_name"] == "resnet18"
+    assert run["model"]["encoder_name"] == "resnet18"
+    assert run["config"]["model"]["encoder_name"] == "resnet18"
     assert "storage_options" not in run["config"]
     assert {"torch", "ray", "segmentation_models_pytorch"} <= set(run["versions"])
     history = pd.read_parquet(trained_run / "history.parquet")
@@ -65,6 +66,11 @@ def test_unfinished_plane_resumes_from_its_checkpoint(
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
     (run_dir / "models" / "axial.pt").unlink()  # as if axial had not finished
+    # ... in a run started with epochs=3: epochs is part of the run's recorded definition,
+    # and a rerun that asks for another definition is refused (tests/test_reruns.py)
+    run = json.loads((run_dir / "run.json").read_text())
+    run["definition"]["epochs"] = 3
+    (run_dir / "run.json").write_text(json.dumps(run))
     old = pd.read_parquet(run_dir / "history.parquet")
     train(tiny_train_config(demo_manifest, run_dir, epochs=3))
     history = pd.read_parquet(run_dir / "history.parquet")

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import DEFAULT_SHAPE, affine_for, save_nifti, write_case
+from helpers import DEFAULT_SHAPE, affine_for, save_nifti, write_case
 
 from stroke_ray.cohort import SEQUENCES, Case
 from stroke_ray.volumes import AFFINE_TOLERANCE_MM, CaseError, read_case
