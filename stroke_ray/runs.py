@@ -136,10 +136,14 @@ def load_model_of(
     return model.eval()
 
 
-def run_definition(config: TrainConfig, split: Mapping[str, list[str]]) -> dict[str, Any]:
-    """What defines a run: the options that shape its models and its case split."""
+def run_definition(
+    config: TrainConfig, split: Mapping[str, list[str]] | None
+) -> dict[str, Any]:
+    """What defines a run: the options that shape its models and its case split (left out
+    while it is not known)."""
     options = public_dict(config)
-    return {**{name: options[name] for name in DEFINING_OPTIONS}, "split": dict(split)}
+    definition = {name: options[name] for name in DEFINING_OPTIONS}
+    return definition if split is None else {**definition, "split": dict(split)}
 
 
 def previous_run(

@@ -217,7 +217,9 @@ def train_plane_loop(loop_config: dict) -> None:
             wrapped, model.encoder, batches, optimizer, loss_fn, device,
             encoder_frozen=current.encoder_frozen,
         )  # fmt: skip
-        validation = evaluate(wrapped, val_data, loss_fn, device, config.batch_size)
+        # the bare model: DDP's forward syncs buffers, a collective that workers with fewer
+        # validation batches would never join
+        validation = evaluate(model, val_data, loss_fn, device, config.batch_size)
         metrics = epoch_metrics(
             plane, epoch, current, train_loss, done, validation, len(train_data), started,
             replicas_in_sync=replicas_agree(model, device),
@@ -346,20 +348,33 @@ def _split(config: TrainConfig, usable: list[Case], total: int, skipped) -> dict
     return split
 
 
+def _check_definition(
+    config: TrainConfig, previous: dict[str, Any] | None, split: dict[str, list[str]] | None
+) -> dict[str, Any]:
+    """This call's definition (without the split until it is known); a previous run folder
+    of another definition stops the run here."""
+    definition = run_definition(config, split)
+    if previous is not None:
+        recorded = previous.get("definition")
+        if recorded is not None and split is None:
+            recorded = {key: value for key, value in recorded.items() if key != "split"}
+        ensure_same_definition(config.out, recorded, definition, "--restart")
+    return definition
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train the plane models and write the run folder; return the run summary."""
     config = _resolved(config)
     options = config.storage_options
     if config.restart and remove_tree(config.out, options):
         logger.info("--restart: removed %s", config.out)
+    previous, history = previous_run(config.out, options)
+    _check_definition(config, previous, None)  # options first: before reading any case
     build_model(config.model, config.weights, options)  # bad weights fail before any work
     cases = load_cohort(config.cohort, options)
     usable, skipped = screen_cases(cases, options)
     split = _split(config, usable, len(cases), skipped)
-    definition = run_definition(config, split)
-    previous, history = previous_run(config.out, options)
-    if previous is not None:
-        ensure_same_definition(config.out, previous.get("definition"), definition, "--restart")
+    definition = _check_definition(config, previous, split)
     recorded = (previous or {}).get("planes", {})
     todo = [
         p for p in config.planes

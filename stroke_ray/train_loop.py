@@ -145,7 +145,9 @@ def evaluate(
 
     Predictions outside the brain are background, as in segmentation (which zeroes them),
     so validation Dice is the Dice of the restacked volumes that ``segment`` would write.
-    A worker without validation slices contributes zeros.
+    A worker without validation slices contributes zeros. Give it the bare model, not its
+    DDP wrapper: DDP's forward is a collective (buffer sync) that a worker with fewer
+    validation batches would never join.
     """
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64)  # loss*n, n, tp, fp, fn

@@ -162,3 +162,28 @@ def test_bad_cases_are_skipped_with_a_reason(ray_local, demo_manifest, tmp_path)
 
     with pytest.raises(TrainError, match="usable"):
         train(tiny_train_config(cohort / "manifest.csv", tmp_path / "run", min_cases=5))
+
+
+@pytest.mark.parametrize("broken", ["dwi", "label"])
+def test_case_failing_in_a_worker_is_named_not_dropped(tmp_path, broken):
+    """A case that passed screening but fails to load in a worker is reported by id and reason
+    (train() records these per plane in run.json) while the other cases still give slices."""
+    from helpers import write_case
+
+    from stroke_ray.train import _load_slices
+
+    good = write_case(tmp_path, "good", seed=1)
+    bad = write_case(tmp_path, "bad", seed=2)
+    Path(getattr(bad, broken)).write_bytes(b"broken")
+    slices, failed = _load_slices([good.to_dict(), bad.to_dict()], None, "axial")
+    assert list(failed) == ["bad"] and broken in failed["bad"]
+    assert len(slices) > 0 and len(slices.images) == 1
+
+
+def test_history_records_failed_cases_per_plane(ray_local, demo_manifest, tmp_path):
+    """run.json lists per plane the cases its workers could not load (none here)."""
+    from stroke_ray.train import train
+
+    run = train(tiny_train_config(demo_manifest, tmp_path / "run", planes=("axial",), epochs=1))
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["planes"]["axial"]["failed_cases"] == {} == run["planes"]["axial"]["failed_cases"]
