@@ -10,11 +10,12 @@ import pytest
 from scipy import ndimage
 
 from stroke_ray import phantom as ph
+from stroke_ray.phantom.pathology import CHANGE, Artefacts
 
 SHAPE = (64, 64, 48)
 SPACING_MM = 3.0
 GRID = ph.Grid.centred(SHAPE, SPACING_MM)
-NO_ARTEFACTS = ph._Artefacts((), (), 0.0, 0.0, None)
+NO_ARTEFACTS = Artefacts((), (), 0.0, 0.0, None)
 
 
 @lru_cache
@@ -33,7 +34,7 @@ def _normal_only(phantom: ph.Phantom) -> ph.Phantom:
 
 def _with_stage(phantom: ph.Phantom, stage: str) -> ph.Phantom:
     """The phantom's labelled lesions only, all of ``stage`` at its mid-range tissue change."""
-    change = np.log([np.mean(bounds) for bounds in ph._CHANGE[stage]])
+    change = np.log([np.mean(bounds) for bounds in CHANGE[stage]])
     lesions = [replace(p, kind=stage, log_change=change) for p in phantom.pathologies if p.labelled]
     return replace(_normal_only(phantom), pathologies=tuple(lesions))
 
@@ -141,7 +142,7 @@ def test_lacunes_beside_territorial_lesions() -> None:
         shapes |= {type(p.shape).__name__ for p in phantom.pathologies if p.labelled}
         labels, count = ndimage.label(scene.label)
         volumes += list(np.bincount(labels.ravel())[1:] * voxel_ml)
-    assert {"_Wedge", "_Ellipsoids"} <= shapes
+    assert {"Wedge", "Ellipsoids"} <= shapes
     assert min(volumes) < 0.5 and max(volumes) > 20
 
 
