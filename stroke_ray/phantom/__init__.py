@@ -97,7 +97,7 @@ def draw_phantom(
     artefacts = draw_artefacts(rng)
     apply_artefacts(scene, head, artefacts)
     timing, wm_level = draw_protocol(rng)
-    phantom = Phantom(head, anatomy, tuple(pathologies), artefacts, timing, wm_level)  # type: ignore[arg-type]
+    phantom = Phantom(head, anatomy, tuple(pathologies), artefacts, timing, wm_level)
     return phantom, scene
 
 

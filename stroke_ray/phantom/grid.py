@@ -144,5 +144,6 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def unit(vector: Sequence[float]) -> np.ndarray:
+    """``vector`` scaled to length 1."""
     vector = np.asarray(vector, dtype=float)
     return vector / np.linalg.norm(vector)

@@ -24,6 +24,7 @@ __all__ = [
     "draw_head",
     "draw_anatomy",
     "ellipsoid_q",
+    "nominal_mm",
     "rasterise_anatomy",
 ]
 
@@ -44,11 +45,8 @@ class Head:
 
     @property
     def radius_mm(self) -> float:
+        """Mean semi-axis: how many mm one brain unit is."""
         return float(self.semi_mm.mean())
-
-    def mm(self, size_mm: float) -> float:
-        """A size given in mm for a nominal adult brain, in brain units of this head."""
-        return size_mm / _NOMINAL_BRAIN_RADIUS_MM
 
     def coords(self, axes_mm: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Brain coordinates (px, py, pz) of every voxel of the grid spanned by the axes."""
@@ -91,13 +89,16 @@ class Anatomy:
     csf_rim: float
 
     def ventricle_centres(self) -> np.ndarray:
+        """Centres of the two lateral ventricles (brain coordinates)."""
         return np.array([[0.11 * side, self.vent_y, 0.12] for side in (-1.0, 1.0)])
 
     def deep_centres(self) -> np.ndarray:
+        """Centres of the two deep grey-matter masses (basal ganglia / thalami)."""
         return np.array([[0.22 * side, -0.02, 0.0] for side in (-1.0, 1.0)])
 
 
 def draw_head(rng: np.random.Generator, grid: Grid) -> Head:
+    """A brain that fills the grid's field of view like a clinical scan, slightly off-centre."""
     fov = grid.fov_mm
     semi = _BRAIN_SEMI_AXES_FOV * fov / 2 * rng.uniform(0.92, 1.05, 3)
     centre = grid.centre_mm + rng.uniform(-0.02, 0.02, 3) * fov
@@ -106,6 +107,7 @@ def draw_head(rng: np.random.Generator, grid: Grid) -> Head:
 
 
 def draw_anatomy(rng: np.random.Generator, grid: Grid) -> Anatomy:
+    """Random shape, folding, deep grey matter and ventricles (fields over the field of view)."""
     lo, hi = grid.centre_mm - grid.fov_mm / 2, grid.centre_mm + grid.fov_mm / 2
     return Anatomy(
         deform=Field.draw(rng, lo, hi, (5, 5, 5)),
@@ -119,6 +121,11 @@ def draw_anatomy(rng: np.random.Generator, grid: Grid) -> Anatomy:
         vent_y=float(rng.uniform(-0.02, 0.08)),
         csf_rim=float(rng.uniform(0.965, 0.98)),
     )
+
+
+def nominal_mm(size_mm: float) -> float:
+    """Brain units of a size given in mm for an adult brain (scaled with the head's size)."""
+    return size_mm / _NOMINAL_BRAIN_RADIUS_MM
 
 
 def ellipsoid_q(

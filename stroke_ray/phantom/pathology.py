@@ -14,7 +14,7 @@ import numpy as np
 from scipy.special import expit
 
 from stroke_ray.phantom.grid import F32, Field, random_rotation, rotation_matrix, unit
-from stroke_ray.phantom.head import CSF, GM, WM, Anatomy, Head, Scene
+from stroke_ray.phantom.head import CSF, GM, WM, Anatomy, Head, Scene, nominal_mm
 from stroke_ray.phantom.shapes import Bump, Ellipsoids, Periventricular, Wedge
 
 __all__ = [
@@ -66,6 +66,7 @@ class Pathology:
 
     @property
     def labelled(self) -> bool:
+        """Whether it is a lesion of the label (a stage), not a look-alike."""
         return self.kind in STAGES
 
 
@@ -118,6 +119,7 @@ def apply_pathology(scene: Scene, head: Head, pathology: Pathology) -> np.ndarra
 
 
 def apply_artefacts(scene: Scene, head: Head, artefacts: Artefacts) -> None:
+    """Set the scene's DWI gain maps and FLAIR CSF gain; mark strong pile-up in the truth."""
     shape = scene.brain.shape
     gain = np.ones(shape, dtype=F32)
     excess = np.ones(shape, dtype=F32)
@@ -141,10 +143,12 @@ def apply_artefacts(scene: Scene, head: Head, artefacts: Artefacts) -> None:
 
 
 def _log_change(rng: np.random.Generator, kind: str) -> np.ndarray:
+    """Log factors of (PD, T1, T2, ADC) for a pathology of ``kind``, drawn in CHANGE's ranges."""
     return np.log([rng.uniform(lo, hi) for lo, hi in CHANGE[kind]])
 
 
 def _texture(rng: np.random.Generator, head: Head, lo: np.ndarray, hi: np.ndarray) -> Field:
+    """A smooth field over a brain-coordinate box that varies severity inside a pathology."""
     world_lo, world_hi = head.world_box(lo, hi)
     return Field.draw(rng, world_lo, world_hi, (3, 3, 3))
 
@@ -179,15 +183,17 @@ class Planner:
         in_side = candidates[self.scene.coords[0].reshape(-1)[candidates] * side > 0]
         candidates = in_side if in_side.size else candidates
         half = int(math.ceil(radius / self.voxel)) + 2
-        for attempt in range(40):
-            flat = candidates[self.rng.integers(candidates.size)]
-            index = np.unravel_index(flat, self.occupied.shape)
+        for _ in range(40):  # the last try is taken even if it is not clear
+            index = np.unravel_index(
+                candidates[self.rng.integers(candidates.size)], self.occupied.shape
+            )
             window = tuple(slice(max(i - half, 0), i + half + 1) for i in index)
-            if not avoid or not self.occupied[window].any() or attempt == 39:
-                return np.array([c[index] for c in self.scene.coords], dtype=float)
-        return None
+            if not avoid or not self.occupied[window].any():
+                break
+        return np.array([c[index] for c in self.scene.coords], dtype=float)
 
     def occupy(self, member: np.ndarray, pathology: Pathology) -> None:
+        """Keep later lesions away from this one (``member``: its membership in its box)."""
         _, local = self.scene.sub_box(self.head, *pathology.shape.bounds())
         self.occupied[local] |= member > 0.05
 
@@ -276,14 +282,14 @@ def draw_lesions(
         elif kind == "embolic":
             max_mm = 20.0 if i == 0 else 12.0
             radius = max(
-                head.mm(math.exp(rng.uniform(math.log(4.0), math.log(max_mm)))), min_radius
+                nominal_mm(math.exp(rng.uniform(math.log(4.0), math.log(max_mm)))), min_radius
             )
             centre = planner.pick("tissue", radius)
             if centre is None:
                 continue
             shape = _blob(rng, head, centre, radius, int(rng.integers(1, 5)), 0.25)
         else:
-            radius = max(head.mm(rng.uniform(1.5, 6.0)), min_radius)
+            radius = max(nominal_mm(rng.uniform(1.5, 6.0)), min_radius)
             centre = planner.pick("deep", radius)
             if centre is None:
                 continue
@@ -302,7 +308,7 @@ def draw_old_infarct(rng: np.random.Generator, planner: Planner, head: Head) -> 
     if rng.random() >= 0.45:
         return []
     if rng.random() < 0.6:
-        radius = max(head.mm(rng.uniform(4.0, 14.0)), 1.2 * planner.voxel)
+        radius = max(nominal_mm(rng.uniform(4.0, 14.0)), 1.2 * planner.voxel)
         centre = planner.pick("tissue", radius)
         shape = (
             None
@@ -311,7 +317,7 @@ def draw_old_infarct(rng: np.random.Generator, planner: Planner, head: Head) -> 
         )
         cavity = float(rng.uniform(0.0, 0.3))
     else:
-        radius = max(head.mm(rng.uniform(2.0, 6.0)), planner.voxel)
+        radius = max(nominal_mm(rng.uniform(2.0, 6.0)), planner.voxel)
         centre = planner.pick("deep", radius)
         shape = None if centre is None else _lacune(rng, head, centre, radius)
         cavity = float(rng.uniform(0.6, 1.0))
@@ -341,7 +347,7 @@ def draw_white_matter_disease(
         rim = Periventricular(
             anatomy.ventricle_centres(),
             anatomy.vent_semi,
-            head.mm(1.0 + 1.2 * grade),
+            nominal_mm(1.0 + 1.2 * grade),
             None,
             0.1 + 0.04 * grade,
         )
@@ -351,7 +357,7 @@ def draw_white_matter_disease(
         parts.append(rim)
     dots = int(rng.integers(*[(0, 3), (2, 7), (6, 16), (10, 26)][grade]))
     for _ in range(dots):
-        radius = max(head.mm(rng.uniform(1.5, 4.0)), 0.7 * planner.voxel)
+        radius = max(nominal_mm(rng.uniform(1.5, 4.0)), 0.7 * planner.voxel)
         centre = planner.pick("deep_wm", radius, avoid=False)
         if centre is not None:
             parts.append(_blob(rng, head, centre, radius, 1, 0.1))

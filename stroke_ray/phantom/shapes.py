@@ -26,9 +26,11 @@ class Ellipsoids:
 
     @property
     def size(self) -> float:
+        """Largest semi-axis (brain units)."""
         return float(self.semi.max())
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """A brain-coordinate box that holds the shape."""
         reach = self.semi.max(axis=1, keepdims=True) * 1.15 + 2.5 * self.border_amp
         return (self.centres - reach).min(axis=0), (self.centres + reach).max(axis=0)
 
@@ -65,9 +67,11 @@ class Wedge:
 
     @property
     def size(self) -> float:
+        """A typical radius (brain units)."""
         return 0.5
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Its hemisphere."""
         lo = np.array([-1.3, -1.3, -1.3])
         hi = np.array([1.3, 1.3, 1.3])
         if self.side > 0:
@@ -77,6 +81,7 @@ class Wedge:
         return lo, hi
 
     def level(self, coords: list[np.ndarray], axes_mm: list[np.ndarray]) -> np.ndarray:
+        """Approximate signed distance to the cone, the inner sphere and the midline."""
         offsets = [c - F32(a) for c, a in zip(coords, self.apex, strict=True)]
 
         def along(direction: np.ndarray) -> np.ndarray:
@@ -103,13 +108,16 @@ class Periventricular:
 
     @property
     def size(self) -> float:
+        """How far it reaches from the ventricles (brain units)."""
         return self.reach
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ventricles and their surroundings."""
         reach = self.semi + max(self.rim, self.reach) + 0.05
         return self.centres.min(axis=0) - reach, self.centres.max(axis=0) + reach
 
     def level(self, coords: list[np.ndarray], axes_mm: list[np.ndarray]) -> np.ndarray:
+        """Within ``rim`` of a ventricle wall, or inside a confluent patch within ``reach``."""
         scale = F32(self.semi.min())
         distance = np.minimum(
             *[(ellipsoid_q(coords, centre, self.semi) - 1) * scale for centre in self.centres]
@@ -129,9 +137,11 @@ class Bump:
     width: np.ndarray
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Three widths around the centre."""
         return self.centre - 3 * self.width, self.centre + 3 * self.width
 
     def value(self, coords: list[np.ndarray]) -> np.ndarray:
+        """The bump (1 at the centre) at brain coordinates."""
         return np.exp(
             F32(-0.5)
             * sum(

@@ -122,6 +122,7 @@ def _acquire(
 
 
 def _wm_signal(phantom: Phantom, name: str) -> float:
+    """Noise-free signal of normal white matter (the scanner scale is set on it)."""
     seq = "dwi" if name in ("b0", "b1000") else name
     b_value = _B_VALUE if name == "b1000" else 0.0
     params = [_PD[WM], _T1_MS[WM], _T2_MS[WM], _ADC[WM]]
