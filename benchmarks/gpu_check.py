@@ -219,11 +219,11 @@ def main() -> None:
         workers = min(os.cpu_count() or 1, 8)
         train_manifest = generate_cohort(
             root / "train_cohort", n_cases=args.train_cases, shape=args.shape,
-            spacing_mm=args.spacing, seed=1, workers=workers,
+            spacing_mm=args.spacing, seed=1, workers=workers, thick_fraction=0.0,
         )  # fmt: skip
         segment_manifest = generate_cohort(
             root / "segment_cohort", n_cases=args.segment_cases, shape=args.shape,
-            spacing_mm=args.spacing, seed=2, workers=workers,
+            spacing_mm=args.spacing, seed=2, workers=workers, thick_fraction=0.0,
         )  # fmt: skip
         training = train_step(args, train_manifest, root)
         print(f"training: {training}")

@@ -110,7 +110,7 @@ def _broken_copy(root: Path, template: dict[str, str], case_id: str, kind: str) 
 
 def messy_cohort(root: Path, args: argparse.Namespace) -> tuple[Path, set[str]]:
     """Demo cases plus broken copies; the manifest and the broken case ids."""
-    manifest = generate_cohort(root, n_cases=args.good, shape=tuple(args.shape))
+    manifest = generate_cohort(root, n_cases=args.good, shape=tuple(args.shape), thick_fraction=0.0)
     with manifest.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     bad_ids = set()

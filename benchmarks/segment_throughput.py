@@ -100,7 +100,9 @@ def whole_job(
 def job_memory(args: argparse.Namespace, run_dir: Path, root: Path) -> dict[str, Any]:
     """Peak process-tree RSS of a job on the smaller and the larger cohort."""
     small, large = args.memory_cases
-    manifest = generate_cohort(root / "memory_cohort", n_cases=large, shape=args.memory_shape)
+    manifest = generate_cohort(
+        root / "memory_cohort", n_cases=large, shape=args.memory_shape, thick_fraction=0.0
+    )
     runs = []
     for count in (small, large):
         cohort = subset_manifest(manifest, count, f"manifest_{count}.csv")
@@ -129,7 +131,11 @@ def main() -> None:
     load_before = load_average()
     with workdir(args.workdir) as root:
         manifest = generate_cohort(
-            root / "cohort", n_cases=args.cases, shape=args.shape, spacing_mm=args.spacing
+            root / "cohort",
+            n_cases=args.cases,
+            shape=args.shape,
+            spacing_mm=args.spacing,
+            thick_fraction=0.0,
         )
         run_dir = make_random_run(root / "run", args.encoder, args.decoder)
         bare = cpu_bare_forward(args, manifest, run_dir)

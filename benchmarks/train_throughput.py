@@ -56,7 +56,9 @@ def prepared_cohort(root: Path, shape: tuple[int, int, int], cases: int) -> list
     """A demo cohort of ``shape`` volumes, read and prepared."""
     folder = root / "x".join(str(n) for n in shape)
     spacing = _SPACING_MM.get(tuple(shape), 3.0)
-    manifest = generate_cohort(folder, n_cases=cases, shape=shape, spacing_mm=spacing)
+    manifest = generate_cohort(
+        folder, n_cases=cases, shape=shape, spacing_mm=spacing, thick_fraction=0.0
+    )
     return [prepare(read_case(case)) for case in load_cohort(str(manifest))]
 
 

@@ -37,6 +37,7 @@ QUICKSTART_TRAINING = {
 QUICKSTART_HELD_OUT = 0.25
 PRETRAIN_TRAINING = {"epochs": 2, "max_steps_per_epoch": 20}
 _ARM_FIELDS = ("cohort", "out", "weights")  # set per experiment arm
+_DEMO_FIXED = ("out_dir", "seed", "layout", "sequences")  # quickstart's cohort: a manifest
 
 
 def _add_runtime(parser: argparse.ArgumentParser) -> None:
@@ -77,15 +78,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """`stroke-ray demo`."""
-    from stroke_ray.demo import generate_cohort
+    from stroke_ray.demo import generate_from_config
 
-    config = from_args(DemoConfig, args)
-    print(
-        generate_cohort(
-            config.out_dir, n_cases=config.cases, shape=config.shape,
-            spacing_mm=config.spacing, seed=config.seed,
-        )
-    )  # fmt: skip
+    print(generate_from_config(from_args(DemoConfig, args)))
     return 0
 
 
@@ -144,7 +139,7 @@ def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
         default="stroke-ray-demo",
         help="folder for cohort/, run/ and segmentation/ (default ./stroke-ray-demo)",
     )
-    add_options(parser, DemoConfig, exclude=("out_dir", "seed", "shape", "spacing"))
+    add_options(parser, DemoConfig, exclude=_DEMO_FIXED)
     add_options(parser, TrainConfig, exclude=("cohort", "out"), defaults=QUICKSTART_TRAINING)
     _add_runtime(parser)
 
@@ -154,11 +149,12 @@ def run_quickstart(args: argparse.Namespace) -> int:
     from stroke_ray.quickstart import quickstart
 
     _init_ray(args)
+    training = _training(args, cohort="", out="")
+    demo = from_args(
+        DemoConfig, args, out_dir=str(Path(args.out_dir) / "cohort"), seed=training.seed
+    )
     quickstart(
-        Path(args.out_dir),
-        cases=args.cases,
-        held_out_fraction=QUICKSTART_HELD_OUT,
-        training=_training(args, cohort="", out=""),
+        Path(args.out_dir), demo=demo, held_out_fraction=QUICKSTART_HELD_OUT, training=training
     )
     return 0
 

@@ -252,8 +252,28 @@ class DemoConfig:
     shape: tuple[int, ...] = option(
         "volume shape", default=(64, 64, 48), nargs=3, metavar=("X", "Y", "Z")
     )
-    spacing: float = option("isotropic voxel size in mm", default=3.0)
+    spacing: float = option(
+        "isotropic voxel size in mm (the DWI grid in BIDS layouts)", default=3.0
+    )
     seed: int = option("random seed", default=0)
+    layout: str = option(
+        "folder layout to write",
+        default="manifest",
+        choices=("manifest", "bids", "bids-flat", "atlas", "nnunet", "isles15"),
+    )
+    sequences: tuple[str, ...] | None = option(
+        "sequences to write, in order (default: the layout's own: t1 t2 flair dwi; "
+        "bids/bids-flat: dwi adc flair; atlas: t1)",
+        default=None,
+        choices=("t1", "t2", "flair", "dwi", "adc"),
+        metavar="SEQ",
+    )
+    thick_fraction: float = option("share of cases written with thick slices", default=0.5)
+    slice_thickness: float = option(
+        "thick-slice thickness in mm (a whole multiple of --spacing, at least 2 slices)",
+        default=5.0,
+    )
+    workers: int = option("processes that write cases", default=1)
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,17 @@ import numpy as np
 
 from stroke_ray import __version__
 from stroke_ray.cohort import SEQUENCES
+from stroke_ray.config import DemoConfig
 from stroke_ray.phantom import SEQUENCE_NAMES, Grid, draw_phantom, rasterise, render
 
-__all__ = ["LAYOUTS", "SEQUENCE_NAMES", "layout_sequences", "generate_cohort", "synth_case"]
+__all__ = [
+    "LAYOUTS",
+    "SEQUENCE_NAMES",
+    "layout_sequences",
+    "generate_cohort",
+    "generate_from_config",
+    "synth_case",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -306,3 +314,13 @@ def generate_cohort(
         time.perf_counter() - start,
     )
     return cohort
+
+
+def generate_from_config(config: DemoConfig) -> Path:
+    """:func:`generate_cohort` with the values of a ``DemoConfig`` (the ``demo`` command's)."""
+    return generate_cohort(
+        config.out_dir, n_cases=config.cases, shape=config.shape, spacing_mm=config.spacing,
+        seed=config.seed, workers=config.workers, layout=config.layout,
+        sequences=config.sequences, thick_fraction=config.thick_fraction,
+        slice_thickness_mm=config.slice_thickness,
+    )  # fmt: skip

@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from stroke_ray.cohort import cases_to_frame, load_cohort
-from stroke_ray.config import SegmentConfig, TrainConfig
-from stroke_ray.demo import generate_cohort
+from stroke_ray.config import DemoConfig, SegmentConfig, TrainConfig
+from stroke_ray.demo import generate_from_config
 from stroke_ray.outputs import summarise
 from stroke_ray.progress import case_progress, summary_table
 from stroke_ray.segment import segment
@@ -22,14 +22,15 @@ __all__ = ["quickstart"]
 
 
 def quickstart(
-    root: Path, *, cases: int, held_out_fraction: float, training: TrainConfig
+    root: Path, *, demo: DemoConfig, held_out_fraction: float, training: TrainConfig
 ) -> dict[str, dict]:
-    """Run the demo; return the summaries of the held-out and of the training cases."""
-    manifest = generate_cohort(root / "cohort", n_cases=cases, seed=training.seed)
+    """Run the demo (the cohort written by ``demo``, a manifest); return the summaries of the
+    held-out and of the training cases."""
+    manifest = generate_from_config(demo)
     print(f"demo cohort: {manifest}")
     all_cases = load_cohort(str(manifest))
     split = split_cases([case.case_id for case in all_cases], held_out_fraction, training.seed)
-    train_manifest = root / "cohort" / "train.csv"
+    train_manifest = Path(manifest).parent / "train.csv"
     chosen = [case for case in all_cases if case.case_id in split["train"]]
     cases_to_frame(chosen).to_csv(train_manifest, index=False)
     run_dir = str(root / "run")

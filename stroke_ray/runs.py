@@ -136,9 +136,7 @@ def load_model_of(
     return model.eval()
 
 
-def run_definition(
-    config: TrainConfig, split: Mapping[str, list[str]] | None
-) -> dict[str, Any]:
+def run_definition(config: TrainConfig, split: Mapping[str, list[str]] | None) -> dict[str, Any]:
     """What defines a run: the options that shape its models and its case split (left out
     while it is not known)."""
     options = public_dict(config)

@@ -28,7 +28,9 @@ def demo_manifest(tmp_path_factory) -> Path:
     """A 5-case demo cohort of 32×32×24 volumes."""
     from stroke_ray.demo import generate_cohort
 
-    return generate_cohort(tmp_path_factory.mktemp("cohort"), n_cases=5, shape=DEMO_SHAPE)
+    return generate_cohort(
+        tmp_path_factory.mktemp("cohort"), n_cases=5, shape=DEMO_SHAPE, thick_fraction=0.0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -26,5 +26,5 @@ def test_gpu_check_smoke_mode_trains_resumes_and_segments(tmp_path):
     assert [row["precision"] for row in payload["segmentation"]] == ["bf16", "fp32"]
     for row in payload["segmentation"]:
         assert row["cases"] == 2 and row["slices"] > 0
-        assert 0 < row["ratio_job_over_bare"] and row["job_seconds_per_case"] > 0
+        assert row["ratio_job_over_bare"] > 0 and row["job_seconds_per_case"] > 0
     assert payload["machine"]["cpu_flags"] is not None

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import stroke_ray.quickstart as quickstart_module
-from stroke_ray.config import SegmentConfig, TrainConfig
+from stroke_ray.config import DemoConfig, SegmentConfig, TrainConfig
 
 DICE = {"demo_000": 0.9, "demo_001": 0.1, "demo_002": 0.8, "demo_003": 0.7}
 
@@ -53,8 +53,9 @@ def test_held_out_cases_are_not_trained_on_and_reported_apart(
     monkeypatch.setattr(quickstart_module, "train", fake_train)
     monkeypatch.setattr(quickstart_module, "segment", fake_segment)
     training = TrainConfig(cohort="", out="", weights="none", epochs=1, seed=0)
+    demo = DemoConfig(out_dir=str(tmp_path / "cohort"), cases=4, shape=(32, 32, 24))
     summaries = quickstart_module.quickstart(
-        tmp_path, cases=4, held_out_fraction=0.25, training=training
+        tmp_path, demo=demo, held_out_fraction=0.25, training=training
     )
 
     (config,) = trained

@@ -53,7 +53,7 @@ CASE_ANCHOR = re.compile(r'<figure id="case-([^"]+)"')
 
 def _cohort(root: Path) -> Path:
     """Demo cohort of five cases; the fourth loses its label, the fifth will fail."""
-    manifest = generate_cohort(root, n_cases=5, shape=SHAPE)
+    manifest = generate_cohort(root, n_cases=5, shape=SHAPE, thick_fraction=0.0)
     rows = list(csv.DictReader(manifest.open()))
     for row in rows:
         if row["case_id"] == UNLABELLED:

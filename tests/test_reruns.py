@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from helpers import tiny_train_config
 
-from stroke_ray.config import ExperimentConfig, SegmentConfig
+from stroke_ray.config import DemoConfig, ExperimentConfig, SegmentConfig
 from stroke_ray.fingerprint import DefinitionMismatchError
 from stroke_ray.planes import PLANES
 
@@ -160,7 +160,8 @@ def test_quickstart_reports_held_out_cases_apart(ray_local, tmp_path, capsys):
     from stroke_ray.quickstart import quickstart
 
     training = tiny_train_config("", "", epochs=1)
-    summaries = quickstart(tmp_path / "demo", cases=5, held_out_fraction=0.25, training=training)
+    demo = DemoConfig(out_dir=str(tmp_path / "demo" / "cohort"), cases=5, shape=(32, 32, 24))
+    summaries = quickstart(tmp_path / "demo", demo=demo, held_out_fraction=0.25, training=training)
     run = json.loads((tmp_path / "demo" / "run" / "run.json").read_text())
     trained_on = set(run["split"]["train"]) | set(run["split"]["val"])
     printed = capsys.readouterr().out
