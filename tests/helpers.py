@@ -113,7 +113,8 @@ def write_case(
         for name in SEQUENCES
     }
     paths["label"] = str(save_nifti(label, affine, folder / f"label{suffix}", np.uint8))
-    return Case(case_id=case_id, **paths)
+    label = paths.pop("label")
+    return Case(case_id=case_id, images=paths, label=label)
 
 
 def tiny_train_config(cohort: Path | str, out: Path | str, **overrides) -> TrainConfig:

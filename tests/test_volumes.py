@@ -39,7 +39,7 @@ def test_read_case_ok(tmp_path: Path) -> None:
     assert volumes.label.dtype == np.uint8 and volumes.label.shape == DEFAULT_SHAPE
     for channel, name in enumerate(SEQUENCES):
         np.testing.assert_array_equal(
-            volumes.images[channel], _loaded(case.sequence_uris()[name])[0]
+            volumes.images[channel], _loaded(case.images[name])[0]
         )
     np.testing.assert_array_equal(volumes.label, _loaded(case.label)[0])
     np.testing.assert_allclose(volumes.affine, affine)
@@ -62,19 +62,19 @@ def test_int16_scaled_data_applies_scaling(tmp_path: Path) -> None:
     header.set_slope_inter(0.25, -7.0)
     header["vox_offset"] = 352
     block = header.binaryblock + b"\x00" * (352 - len(header.binaryblock))
-    Path(case.t2).unlink()
+    Path(case.images["t2"]).unlink()
     t2 = tmp_path / "scaled_t2.nii"
     t2.write_bytes(block + raw.tobytes(order="F"))
 
-    volumes = read_case(replace(case, t2=str(t2)))
+    volumes = read_case(replace(case, images={**case.images, "t2": str(t2)}))
 
     np.testing.assert_allclose(volumes.images[1], raw.astype(np.float64) * 0.25 - 7.0)
 
 
 def test_4d_with_single_volume_accepted(tmp_path: Path) -> None:
     case = write_case(tmp_path, CASE_ID)
-    data = _loaded(case.dwi)[0]
-    _rewrite(case.dwi, data[..., np.newaxis])
+    data = _loaded(case.images["dwi"])[0]
+    _rewrite(case.images["dwi"], data[..., np.newaxis])
     np.testing.assert_array_equal(read_case(case).images[3], data)
 
 
@@ -82,33 +82,33 @@ def test_affine_within_tolerance_accepted(tmp_path: Path) -> None:
     case = write_case(tmp_path, CASE_ID)
     shifted = np.eye(4)
     shifted[:3, 3] = AFFINE_TOLERANCE_MM / 5
-    _rewrite(case.t1, _loaded(case.t1)[0], shifted)
+    _rewrite(case.images["t1"], _loaded(case.images["t1"])[0], shifted)
     np.testing.assert_allclose(read_case(case).affine, np.eye(4))
 
 
 def _delete(case: Case) -> tuple[str, str]:
     """Remove the T2 file."""
-    Path(case.t2).unlink()
-    return case.t2, "file not found"
+    Path(case.images["t2"]).unlink()
+    return case.images["t2"], "file not found"
 
 
 def _not_nifti(case: Case) -> tuple[str, str]:
     """Replace DWI with random bytes."""
-    Path(case.dwi).write_bytes(np.random.default_rng(0).bytes(4096))
-    return case.dwi, "not a NIfTI"
+    Path(case.images["dwi"]).write_bytes(np.random.default_rng(0).bytes(4096))
+    return case.images["dwi"], "not a NIfTI"
 
 
 def _truncate(case: Case) -> tuple[str, str]:
     """Cut the gzip stream of the reference FLAIR in half."""
-    data = Path(case.flair).read_bytes()
-    Path(case.flair).write_bytes(data[: len(data) // 2])
-    return case.flair, "truncated"
+    data = Path(case.images["flair"]).read_bytes()
+    Path(case.images["flair"]).write_bytes(data[: len(data) // 2])
+    return case.images["flair"], "truncated"
 
 
 def _other_shape(case: Case) -> tuple[str, str]:
     """Give T1 one extra slice."""
-    _rewrite(case.t1, np.ones((DEFAULT_SHAPE[0], DEFAULT_SHAPE[1], DEFAULT_SHAPE[2] + 1)))
-    return case.t1, "shape"
+    _rewrite(case.images["t1"], np.ones((DEFAULT_SHAPE[0], DEFAULT_SHAPE[1], DEFAULT_SHAPE[2] + 1)))
+    return case.images["t1"], "shape"
 
 
 def _label_other_shape(case: Case) -> tuple[str, str]:
@@ -121,37 +121,37 @@ def _far_affine(case: Case) -> tuple[str, str]:
     """Shift T2 by half a millimetre."""
     shifted = np.eye(4)
     shifted[0, 3] = 0.5
-    _rewrite(case.t2, _loaded(case.t2)[0], shifted)
-    return case.t2, "affine differs"
+    _rewrite(case.images["t2"], _loaded(case.images["t2"])[0], shifted)
+    return case.images["t2"], "affine differs"
 
 
 def _nan(case: Case) -> tuple[str, str]:
     """Put one NaN voxel in T1."""
-    data = _loaded(case.t1)[0].astype(np.float32)
+    data = _loaded(case.images["t1"])[0].astype(np.float32)
     data[3, 4, 5] = np.nan
-    _rewrite(case.t1, data)
-    return case.t1, "1 NaN/Inf voxels"
+    _rewrite(case.images["t1"], data)
+    return case.images["t1"], "1 NaN/Inf voxels"
 
 
 def _inf(case: Case) -> tuple[str, str]:
     """Put two infinite voxels in DWI."""
-    data = _loaded(case.dwi)[0].astype(np.float32)
+    data = _loaded(case.images["dwi"])[0].astype(np.float32)
     data[0, 0, 0], data[1, 1, 1] = np.inf, -np.inf
-    _rewrite(case.dwi, data)
-    return case.dwi, "2 NaN/Inf voxels"
+    _rewrite(case.images["dwi"], data)
+    return case.images["dwi"], "2 NaN/Inf voxels"
 
 
 def _all_zero(case: Case) -> tuple[str, str]:
     """Blank the T2 volume."""
-    _rewrite(case.t2, np.zeros(DEFAULT_SHAPE, np.float32))
-    return case.t2, "all voxels are zero"
+    _rewrite(case.images["t2"], np.zeros(DEFAULT_SHAPE, np.float32))
+    return case.images["t2"], "all voxels are zero"
 
 
 def _four_d(case: Case) -> tuple[str, str]:
     """Make FLAIR a two-volume 4D series."""
-    data = _loaded(case.flair)[0]
-    _rewrite(case.flair, np.stack([data, data], axis=-1))
-    return case.flair, "4D volume"
+    data = _loaded(case.images["flair"])[0]
+    _rewrite(case.images["flair"], np.stack([data, data], axis=-1))
+    return case.images["flair"], "4D volume"
 
 
 def _non_binary_label(case: Case) -> tuple[str, str]:

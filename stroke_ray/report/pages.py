@@ -35,7 +35,7 @@ from stroke_ray.outputs import POOLED_RATIOS, source_order, source_summary, summ
 from stroke_ray.report import figures
 from stroke_ray.report import html as h
 from stroke_ray.report.cases import case_sections
-from stroke_ray.runs import history_uri, run_json_uri
+from stroke_ray.runs import history_uri, run_inputs, run_json_uri
 
 __all__ = ["ReportError", "Segmentation", "load_segmentation", "tl_or_scratch", "write_report"]
 
@@ -186,6 +186,8 @@ def _segmentation_page(out: str, max_cases: int, options: StorageOptions) -> str
             out,
             seg.metrics,
             settings.get("cohort"),
+            inputs=run_inputs(run),
+            layout=settings.get("layout", "flat"),
             max_cases=max_cases,
             options=options,
             label=f"Run {run_id}, {overview['fusion']} fusion",
@@ -294,6 +296,8 @@ def _experiment_page(out: str, max_cases: int, options: StorageOptions) -> str:
             seg.out,
             seg.metrics,
             seg.settings.get("cohort"),
+            inputs=run_inputs(seg.run),
+            layout=seg.settings.get("layout", "flat"),
             max_cases=max_cases,
             options=options,
             label=f"Cases of {_arm_label(chosen, several_folds)}, {fusion} fusion",
