@@ -164,11 +164,12 @@ def _bids_role(relative: str) -> tuple[str, tuple[str, str | None]] | str:
 
 
 def _is_bids_data(parts: list[str]) -> bool:
-    """Whether a file lies under a sub-* folder, outside sourcedata/, code/ and hidden folders."""
+    """Whether a file is named ``sub-…`` or lies under a sub-* folder, outside sourcedata/,
+    code/ and hidden folders."""
     folders = parts[:-1]
-    if not folders or folders[0] in _BIDS_IGNORED or any(p.startswith(".") for p in folders):
+    if folders and (folders[0] in _BIDS_IGNORED or any(p.startswith(".") for p in folders)):
         return False
-    return any(_BIDS_FOLDER.match(part) for part in folders)
+    return parts[-1].startswith("sub-") or any(_BIDS_FOLDER.match(part) for part in folders)
 
 
 def _bids_case(key: tuple[str, str | None], found: Mapping[str, list[str]], files: Files) -> Case:

@@ -201,6 +201,19 @@ def test_discover_isles_skips_bad_folder_names(tmp_path: Path) -> None:
     assert re.search("case id 'case one' is not allowed", found.skipped["case one/"])
 
 
+def test_discover_isles_records_what_it_skips(tmp_path: Path) -> None:
+    _write_isles_case(tmp_path, "1", ".nii")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a case")
+    (tmp_path / "index.txt").write_text("a stray file")
+    found = scan_cohort(str(tmp_path))
+    assert found.layout == "isles2015" and [case.case_id for case in found.cases] == ["1"]
+    assert found.skipped == {
+        "notes/": "no ISLES image (…MR_<sequence>…) inside",
+        "index.txt": "stray file beside the case folders",
+    }
+
+
 def test_discover_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ManifestError, match="no cases found"):

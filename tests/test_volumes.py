@@ -12,7 +12,7 @@ import pytest
 from helpers import DEFAULT_SHAPE, affine_for, save_nifti, write_case
 
 from stroke_ray.cohort import SEQUENCES, Case
-from stroke_ray.volumes import AFFINE_TOLERANCE_MM, CaseError, read_case
+from stroke_ray.volumes import AFFINE_TOLERANCE_MM, CaseError, Inputs, read_case
 
 CASE_ID = "case07"
 
@@ -38,9 +38,7 @@ def test_read_case_ok(tmp_path: Path) -> None:
     assert volumes.label is not None
     assert volumes.label.dtype == np.uint8 and volumes.label.shape == DEFAULT_SHAPE
     for channel, name in enumerate(SEQUENCES):
-        np.testing.assert_array_equal(
-            volumes.images[channel], _loaded(case.images[name])[0]
-        )
+        np.testing.assert_array_equal(volumes.images[channel], _loaded(case.images[name])[0])
     np.testing.assert_array_equal(volumes.label, _loaded(case.label)[0])
     np.testing.assert_allclose(volumes.affine, affine)
     assert volumes.spacing_mm == pytest.approx((0.9, 1.2, 3.0))
@@ -199,3 +197,95 @@ def test_bad_input_names_case_file_and_problem(
     assert f"case {CASE_ID}" in message
     assert broken_path in message
     assert problem in message
+
+
+# --------------------------------------------------------------------------- sequences, resampling
+
+
+def test_channels_follow_the_sequences_and_the_reference_gives_the_header(tmp_path: Path) -> None:
+    case = write_case(tmp_path, CASE_ID, affine=affine_for("LPS", (0.9, 1.2, 3.0)))
+    volumes = read_case(case, inputs=Inputs(("dwi", "t1"), "t1"))
+    assert volumes.sequences == ("dwi", "t1") and volumes.reference == "t1"
+    np.testing.assert_array_equal(volumes.images[0], _loaded(case.images["dwi"])[0])
+    np.testing.assert_array_equal(volumes.images[1], _loaded(case.images["t1"])[0])
+    np.testing.assert_allclose(volumes.affine, nib.load(case.images["t1"]).affine)
+
+
+@pytest.mark.parametrize(
+    ("sequences", "reference", "words"),
+    [
+        ((), "flair", "one or more distinct"),
+        (("dwi", "dwi"), "dwi", "one or more distinct"),
+        (("DWI",), "DWI", "lower-case"),
+        (("dwi", "adc"), "flair", "reference 'flair' is not one of the sequences"),
+    ],
+)
+def test_inputs_are_checked(sequences, reference, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        Inputs(sequences, reference)
+
+
+def test_inputs_of_older_runs_are_the_papers() -> None:
+    assert Inputs.of({}) == Inputs(SEQUENCES, "flair", False)
+    assert Inputs.of({"sequences": ["dwi", "adc"], "reference": "dwi", "resample": True}) == (
+        Inputs(("dwi", "adc"), "dwi", True)
+    )
+
+
+def _ramp_case(tmp_path: Path) -> tuple[Case, np.ndarray, np.ndarray]:
+    """DWI on a 1 mm LPS grid; FLAIR on a 2 mm RAS grid, shifted, whose intensity is a
+    linear function of world x, y, z (linear interpolation reproduces it exactly)."""
+    dwi_affine = affine_for("LPS", (1.0, 1.0, 1.0), origin=(12.0, 14.0, -10.0))
+    flair_affine = affine_for("RAS", (2.0, 2.0, 2.0), origin=(-20.5, -20.5, -20.5))
+    world = lambda affine, shape: nib.affines.apply_affine(affine, np.indices(shape).T).T  # noqa: E731
+    ramp = lambda xyz: 1000.0 + 3.0 * xyz[0] - 2.0 * xyz[1] + 5.0 * xyz[2]  # noqa: E731
+    case = write_case(tmp_path, CASE_ID, affine=dwi_affine)
+    flair_shape = (24, 24, 24)
+    _rewrite(case.images["flair"], ramp(world(flair_affine, flair_shape)), flair_affine)
+    return case, ramp(world(dwi_affine, DEFAULT_SHAPE)), dwi_affine
+
+
+def test_another_grid_is_an_error_naming_it_without_resample(tmp_path: Path) -> None:
+    case, _, _ = _ramp_case(tmp_path)
+    with pytest.raises(CaseError) as caught:
+        read_case(case, inputs=Inputs(("dwi", "flair"), "dwi"))
+    message = str(caught.value)
+    assert (
+        f"case {CASE_ID}: flair {case.images['flair']}: shape (24, 24, 24) != dwi shape" in message
+    )
+    assert "--resample puts it onto the dwi grid" in message
+
+
+def test_resample_goes_by_world_coordinates(tmp_path: Path) -> None:
+    case, expected, dwi_affine = _ramp_case(tmp_path)
+    volumes = read_case(case, inputs=Inputs(("dwi", "flair"), "dwi", resample=True))
+    assert volumes.images.shape == (2, *DEFAULT_SHAPE)
+    np.testing.assert_array_equal(volumes.images[0], _loaded(case.images["dwi"])[0])
+    np.testing.assert_allclose(volumes.images[1], expected, rtol=1e-5)
+    np.testing.assert_allclose(volumes.affine, dwi_affine)
+    assert volumes.label is not None  # the label shares the DWI grid
+
+
+def test_resample_leaves_a_sequence_on_the_reference_grid_untouched(tmp_path: Path) -> None:
+    case = write_case(tmp_path, CASE_ID, affine=affine_for("PSR", (0.9, 1.2, 3.0)))
+    plain = read_case(case)
+    resampled = read_case(case, inputs=Inputs(resample=True))
+    np.testing.assert_array_equal(plain.images, resampled.images)
+
+
+def test_a_sequence_outside_the_reference_grid_is_named(tmp_path: Path) -> None:
+    case = write_case(tmp_path, CASE_ID)
+    far = affine_for("RAS", origin=(500.0, 0.0, 0.0))
+    _rewrite(case.images["t2"], _loaded(case.images["t2"])[0], far)
+    with pytest.raises(
+        CaseError, match=r"t2 \(resampled onto the flair grid\) .*all voxels are zero"
+    ):
+        read_case(case, inputs=Inputs(resample=True))
+
+
+def test_labels_are_never_resampled(tmp_path: Path) -> None:
+    case = write_case(tmp_path, CASE_ID)
+    shifted = affine_for("RAS", origin=(1.0, 0.0, 0.0))
+    _rewrite(case.label, _loaded(case.label)[0], shifted)
+    with pytest.raises(CaseError, match=r"label .*affine differs from flair .*never resampled"):
+        read_case(case, inputs=Inputs(resample=True))
