@@ -75,8 +75,6 @@ def test_cohort_prints_what_it_found_and_writes_a_manifest(tmp_path, capsys):
 
 
 def test_cohort_manifest_keeps_case_problems(tmp_path, capsys):
-    import shutil
-
     written = write_isles22_case(tmp_path / "raw", "a")
     shutil.copy(written["adc"], written["adc"].with_name("sub-a_ses-0001_run-2_adc.nii.gz"))
     assert main(["cohort", str(tmp_path / "raw"), "--write-manifest", str(tmp_path / "m.csv")]) == 0
