@@ -4,14 +4,15 @@ One row is one case, so a case's slices travel through Ray together and nothing 
 more than the cases in flight (memory does not grow with the cohort). Rows carry a typed
 :class:`CaseWork` between the stages:
 
-1. :func:`read_stage` (tasks): read the sequences and the label over fsspec, validate,
-   reorient to RAS, crop to the brain, z-score, pad (exactly as in training).
+1. :func:`read_stage` (tasks): read the run's sequences (``run.json``: sequences, reference,
+   resampling) and the label over fsspec, validate, reorient to RAS, crop to the brain,
+   z-score, pad (exactly as in training).
 2. :class:`PlanePredictor` (stateful actors, ``Dataset.map`` with a callable class): each
    actor loads the plane models once and predicts every brain slice of every plane in
    batches of ``batch_size`` slices (channels-last + bf16 autocast on GPU).
 3. :func:`write_stage` (tasks, a :class:`CaseWriter` each): the pure core of :mod:`stroke_ray.case_outputs` (restack,
-   fuse, map back to the source geometry, metrics), then the NIfTI outputs and the case's
-   metric part (atomically, last).
+   fuse, map back to the source geometry, metrics), then the NIfTI outputs (the fused mask
+   flat or as BIDS derivatives, ``--layout``) and the case's metric part (atomically, last).
 
 A failing case never stops the job: each stage turns its exception into an error that names
 the case, file and problem. Fault tolerance: Ray Data restarts a dead actor and re-runs its
