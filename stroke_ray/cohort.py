@@ -238,7 +238,10 @@ def describe_cohort(cohort: Cohort) -> list[str]:
         "sequence sets (cases with each): "
         + "; ".join(f"{names}: {count}" for names, count in sorted(per_set.items())),
         f"cases with a problem: {len(problems)}",
-        *(f"  {case_id}: {problem}" for case_id, problem in problems.items()),
+        *(
+            f"  {problem}" if problem.startswith(f"case {case_id}:") else f"  {case_id}: {problem}"
+            for case_id, problem in problems.items()
+        ),
         f"skipped: {len(cohort.skipped)}",
         *(f"  {item}: {reason}" for item, reason in sorted(cohort.skipped.items())),
     ]

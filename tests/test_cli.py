@@ -79,7 +79,7 @@ def test_cohort_manifest_keeps_case_problems(tmp_path, capsys):
     shutil.copy(written["adc"], written["adc"].with_name("sub-a_ses-0001_run-2_adc.nii.gz"))
     assert main(["cohort", str(tmp_path / "raw"), "--write-manifest", str(tmp_path / "m.csv")]) == 0
     out = capsys.readouterr().out
-    assert "cases with a problem: 1\n  sub-a_ses-0001: case sub-a_ses-0001: 2 adc files (" in out
+    assert "cases with a problem: 1\n  case sub-a_ses-0001: 2 adc files (" in out
     assert load_cohort(str(tmp_path / "m.csv")) == scan_cohort(str(tmp_path / "raw")).cases
 
 

@@ -18,11 +18,14 @@ from stroke_ray.cohort import (
     MANIFEST_COLUMNS,
     SEQUENCES,
     Case,
+    Cohort,
     ManifestError,
     cases_to_frame,
+    describe_cohort,
     load_cohort,
     read_manifest,
     scan_cohort,
+    write_manifest,
 )
 from stroke_ray.volumes import CaseError, read_case
 
@@ -344,3 +347,36 @@ def test_relative_manifest_gives_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (case,) = load_cohort("cohort/manifest.csv")
     assert case.images["t1"] == str(folder / "a" / "t1.nii")
+
+
+def test_describe_cohort_counts_sequences_labels_problems_and_skips() -> None:
+    cases = [
+        Case("a", {"dwi": "/a/dwi", "adc": "/a/adc"}, "/a/label", problem="bad header"),
+        Case("b", {"dwi": "/b/dwi"}, None, problem="case b: 2 dwi files (x, y); keep one"),
+    ]
+    found = Cohort("manifest", "m.csv", cases, {"x.txt": "stray"})
+    assert describe_cohort(found) == [
+        "layout: manifest (m.csv)",
+        "cases: 2 (1 labelled, 1 unlabelled)",
+        "sequences (cases with each): adc 1, dwi 2",
+        "sequence sets (cases with each): adc dwi: 1; dwi: 1",
+        "cases with a problem: 2",
+        "  a: bad header",
+        "  case b: 2 dwi files (x, y); keep one",
+        "skipped: 1",
+        "  x.txt: stray",
+    ]
+
+
+def test_manifest_round_trip_keeps_subject_session_problem_and_other_sequences(
+    tmp_path: Path,
+) -> None:
+    cases = [
+        Case("s1", {"dwi": "/d/1", "adc": "s3://b/a1"}, "/l/1", None, "01", "a"),
+        Case("s2", {"flair": "/f/2", "swi": "/s/2"}, None, "case s2: odd", "02", None),
+    ]
+    write_manifest(cases, str(tmp_path / "m.csv"))
+    assert (tmp_path / "m.csv").read_text().splitlines()[0] == (
+        "case_id,flair,dwi,adc,swi,label,subject,session,problem"
+    )
+    assert read_manifest(str(tmp_path / "m.csv")) == cases
