@@ -220,21 +220,18 @@ def write_manifest(cases: list[Case], uri: str, storage_options: StorageOptions 
     return uri
 
 
-def _counted(counts: Counter, noun: str) -> str:
-    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items())) or f"no {noun}"
-
-
 def describe_cohort(cohort: Cohort) -> list[str]:
     """Lines saying what a cohort holds: layout, cases, sequences, labels, problems, skips."""
     labelled = sum(1 for case in cohort.cases if case.label)
     per_sequence = Counter(name for case in cohort.cases for name in case.images)
     per_set = Counter(" ".join(sorted(case.images)) for case in cohort.cases)
     problems = {case.case_id: case.problem for case in cohort.cases if case.problem}
-    lines = [
+    return [
         f"layout: {cohort.layout} ({cohort.source})",
         f"cases: {len(cohort.cases)} ({labelled} labelled, {len(cohort.cases) - labelled} "
         "unlabelled)",
-        f"sequences (cases with each): {_counted(per_sequence, 'sequences')}",
+        "sequences (cases with each): "
+        + ", ".join(f"{name} {count}" for name, count in sorted(per_sequence.items())),
         "sequence sets (cases with each): "
         + "; ".join(f"{names}: {count}" for names, count in sorted(per_set.items())),
         f"cases with a problem: {len(problems)}",
@@ -245,4 +242,3 @@ def describe_cohort(cohort: Cohort) -> list[str]:
         f"skipped: {len(cohort.skipped)}",
         *(f"  {item}: {reason}" for item, reason in sorted(cohort.skipped.items())),
     ]
-    return lines

@@ -16,6 +16,7 @@ from helpers import tiny_train_config, write_isles22_case
 
 from stroke_ray import __version__
 from stroke_ray.config import SegmentConfig
+from stroke_ray.report import write_report
 from stroke_ray.segment import segment
 from stroke_ray.train import train
 
@@ -92,6 +93,9 @@ def test_isles22_bids_trains_and_segments_into_bids_derivatives(ray_local, tmp_p
             "SpatialReference": f"bids:raw:{source}",
         }
         assert fused.loc[f"sub-{subject}_ses-0001", "mask_uri"] == str(mask_path)
+
+    page = Path(write_report(str(out))).read_text()
+    assert page.count("Rows DWI and FLAIR; slices") == 4 and "no picture" not in page
 
     finished = {path: path.stat().st_mtime_ns for path in masks}
     segment(config)  # resume: finished cases are kept, the error case is retried
