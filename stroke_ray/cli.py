@@ -12,9 +12,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from stroke_ray.config import (
+    CohortConfig,
     DemoConfig,
     ExperimentConfig,
     ReportConfig,
@@ -81,6 +83,28 @@ def run_demo(args: argparse.Namespace) -> int:
     from stroke_ray.demo import generate_from_config
 
     print(generate_from_config(from_args(DemoConfig, args)))
+    return 0
+
+
+# --------------------------------------------------------------------------- cohort
+
+
+def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `stroke-ray cohort`."""
+    add_options(parser, CohortConfig)
+
+
+def run_cohort(args: argparse.Namespace) -> int:
+    """`stroke-ray cohort`: what a cohort path holds; optionally written as a manifest."""
+    from stroke_ray.cohort import describe_cohort, scan_cohort, write_manifest
+
+    config = from_args(CohortConfig, args)
+    found = scan_cohort(config.path, config.storage_options)
+    print("\n".join(describe_cohort(found)))
+    if config.write_manifest:
+        print(
+            f"manifest: {write_manifest(found.cases, config.write_manifest, config.storage_options)}"
+        )
     return 0
 
 
@@ -197,7 +221,8 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder for the pretraining cohort and run (default: beside OUT_FILE)",
     )
-    add_options(parser, DemoConfig, exclude=("out_dir", "seed", "shape", "spacing"))
+    demo_only_cases = [item.name for item in fields(DemoConfig) if item.name != "cases"]
+    add_options(parser, DemoConfig, exclude=demo_only_cases)
     add_options(parser, TrainConfig, exclude=(*_ARM_FIELDS, "planes"), defaults=PRETRAIN_TRAINING)
     _add_runtime(parser)
 
@@ -250,6 +275,13 @@ COMMANDS: dict[str, tuple[Adder, Runner, str, str]] = {
         add_demo_arguments, run_demo, "write the synthetic demo cohort",
         "Write a synthetic multi-sequence stroke MRI cohort (T1, T2, FLAIR, DWI, lesion masks) "
         "and its manifest.csv.",
+    ),
+    "cohort": (
+        add_cohort_arguments, run_cohort, "show what a cohort path holds; write it as a manifest",
+        "Find the cases of a manifest or a cohort folder (ISLES 2015 SISS, BIDS, nnU-Net raw) "
+        "and print the layout, the cases, the sequences per case, labelled and unlabelled "
+        "cases, case problems and what was skipped and why; --write-manifest writes the cases "
+        "as a manifest CSV that loads back to the same cases.",
     ),
     "train": (
         add_train_arguments, run_train, "train the three plane models with Ray Train",

@@ -14,18 +14,23 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from stroke_ray.case import sequence_name
 from stroke_ray.options import option
 
 __all__ = [
     "PLANES",
     "FUSION_MODES",
     "PRECISIONS",
+    "SEQUENCES",
+    "REFERENCE",
+    "LAYOUTS",
     "ModelConfig",
     "TrainConfig",
     "SegmentConfig",
     "ExperimentConfig",
     "DemoConfig",
     "ReportConfig",
+    "CohortConfig",
     "parse_storage_options",
     "is_scratch",
     "weights_label",
@@ -36,6 +41,9 @@ __all__ = [
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 FUSION_MODES: tuple[str, ...] = ("majority", "weighted", "soft")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+SEQUENCES: tuple[str, ...] = ("t1", "t2", "flair", "dwi")  # the paper's inputs, in channel order
+REFERENCE = "flair"  # the paper's reference grid
+LAYOUTS: tuple[str, ...] = ("flat", "bids")  # how segment lays out its masks
 _SCRATCH = ("none", "", "scratch")
 
 
@@ -84,7 +92,10 @@ _STORAGE_HELP = (
     "left to the standard places (AWS_* environment variables, profiles); whatever is given "
     "here is never logged or written to outputs."
 )
-_COHORT_HELP = "manifest (CSV/Parquet) or ISLES-layout folder; local path or URI"
+_COHORT_HELP = (
+    "manifest (CSV/Parquet) or cohort folder (with a manifest, ISLES 2015 SISS, BIDS or "
+    "nnU-Net raw); local path or URI"
+)
 
 
 def _storage_field() -> Any:
@@ -104,6 +115,7 @@ class ModelConfig:
         "U-Net decoder channels, five values", default=(256, 128, 64, 32, 16), nargs=5, metavar="C"
     )
     encoder_depth: int = 5
+    in_channels: int = len(SEQUENCES)  # one per input sequence; train sets it from --sequences
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (run.json's ``model``)."""
@@ -126,6 +138,24 @@ class TrainConfig:
         "initial encoder weights: 'imagenet' (smp download), 'none' (train from scratch), "
         "or a path/URI of a checkpoint or encoder state dict",
         default="imagenet",
+    )
+    sequences: tuple[str, ...] = option(
+        "input sequences, one model channel each, in channel order (names as the cohort has "
+        "them, case-insensitive: t1, t2, flair, dwi, adc, …; T1w = t1, T2w = t2)",
+        default=SEQUENCES,
+        parse=sequence_name,
+        metavar="NAME",
+    )
+    reference: str = option(
+        "the sequence whose grid the others share and whose header the masks get",
+        default=REFERENCE,
+        parse=sequence_name,
+        metavar="NAME",
+    )
+    resample: bool = option(
+        "resample a sequence on another grid onto the reference grid (world coordinates, "
+        "linear; no registration) instead of rejecting the case",
+        default=False,
     )
     epochs: int = option("training epochs", default=10)
     freeze_epochs: int = option(
@@ -210,6 +240,12 @@ class SegmentConfig:
         "also write per-plane masks, the probability map and the spread map", default=False
     )
     overwrite: bool = option("redo cases already finished in OUT", default=False)
+    layout: str = option(
+        "how masks are written: flat (OUT/masks/<case>.nii.gz) or bids (a BIDS derivatives "
+        "dataset: OUT/sub-X/ses-Y/<datatype>/…_space-orig_label-L_mask.nii.gz + sidecar)",
+        default="flat",
+        choices=LAYOUTS,
+    )
     extra_fusions: tuple[str, ...] = ()
     storage_options: dict[str, Any] | None = _storage_field()
 
@@ -285,6 +321,19 @@ class ReportConfig:
         "where to write the report (default OUT/report.html)", default=None, metavar="PATH"
     )
     max_cases: int = option("case pictures, worst fused Dice first", default=50, metavar="N")
+    storage_options: dict[str, Any] | None = _storage_field()
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """What `stroke-ray cohort` inspects, and where it writes the manifest."""
+
+    path: str = option(_COHORT_HELP, flag="path")
+    write_manifest: str | None = option(
+        "write the cases found as a manifest CSV (local path or URI; loads back to the same cases)",
+        default=None,
+        metavar="OUT.csv",
+    )
     storage_options: dict[str, Any] | None = _storage_field()
 
 

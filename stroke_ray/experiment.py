@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from stroke_ray.cohort import Case, cases_to_frame, load_cohort
+from stroke_ray.cohort import load_cohort, write_manifest
 from stroke_ray.config import (
     ExperimentConfig,
     SegmentConfig,
@@ -68,11 +68,6 @@ def arm_labels(weights: tuple[str, ...]) -> dict[str, str]:
         w: f"{label}-{hashlib.sha1(w.encode()).hexdigest()[:8]}" if label in repeated else label
         for w, label in labels.items()
     }
-
-
-def _write_manifest(cases: list[Case], uri: str, options) -> str:
-    write_bytes_atomic(cases_to_frame(cases).to_csv(index=False).encode(), uri, options)
-    return uri
 
 
 def _folds(config: ExperimentConfig, case_ids: list[str]) -> list[dict[str, list[str]]]:
@@ -171,7 +166,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     arms, frames = [], []
     for fold, split in enumerate(folds):
         manifests = {
-            part: _write_manifest(
+            part: write_manifest(
                 [by_id[c] for c in split[part]],
                 join_uri(config.out, "folds", f"fold{fold}", f"{part}.csv"),
                 options,

@@ -6,7 +6,8 @@ Weights are one of:
 - ``"none"``: random initialisation (training from scratch);
 - a local path or URI of a checkpoint: a whole-model state dict, an encoder-only state dict
   (smp encoder keys, or torchvision/timm ResNet keys with 3-channel ``conv1``, which is
-  adapted to 4 channels the way smp adapts ImageNet weights), or a dict holding one of
+  adapted to the model's input channels the way smp adapts ImageNet weights), or a dict
+  holding one of
   those under ``"state_dict"``/``"model"``. ``.safetensors`` files are read with safetensors,
   anything else with ``torch.load(weights_only=True)``: a pickle carrying code is refused.
 """
@@ -34,7 +35,6 @@ __all__ = [
     "set_encoder_trainable",
 ]
 
-IN_CHANNELS = 4
 NUM_CLASSES = 2
 _HUB_HOST = "huggingface.co"
 _HUB_CONNECT_TIMEOUT_S = 3.0
@@ -78,7 +78,7 @@ def _unet(config: ModelConfig, encoder_weights: str | None) -> smp.Unet:
         encoder_depth=config.encoder_depth,
         encoder_weights=encoder_weights,
         decoder_channels=config.decoder_channels,
-        in_channels=IN_CHANNELS,
+        in_channels=config.in_channels,
         classes=NUM_CLASSES,
     )
 
@@ -88,8 +88,8 @@ def build_model(
     weights: str = "none",
     storage_options: StorageOptions = None,
 ) -> smp.Unet:
-    """A 4-channel, 2-class smp Unet with the requested initial weights (default architecture
-    when ``config`` is None)."""
+    """A 2-class smp Unet with ``config.in_channels`` inputs and the requested initial weights
+    (default architecture when ``config`` is None)."""
     config = config or ModelConfig()
     if weights == "imagenet":
         if not _hub_cached(config.encoder_name) and not _hub_reachable():
@@ -139,7 +139,8 @@ def load_state_dict(uri: str, storage_options: StorageOptions = None) -> dict[st
 
 
 def _adapt_first_conv(state: dict[str, torch.Tensor], target: torch.Tensor) -> None:
-    """Turn 3-channel ``conv1.weight`` into ``IN_CHANNELS`` channels as smp does."""
+    """Turn ``conv1.weight`` of another channel count (3 for ImageNet) into the target's, as
+    smp does: repeat the input channels cyclically and rescale."""
     weight = state.get("conv1.weight")
     if weight is None or weight.shape[1] == target.shape[1]:
         return

@@ -3,6 +3,7 @@
 ```
 OUT/
   masks/<case_id>.nii.gz          fused lesion mask, uint8 0/1, source image geometry
+                                  (--layout bids: sub-X/ses-Y/…, see stroke_ray.derivatives)
   planes/<case_id>_<plane>.nii.gz per-plane masks            (--save-planes)
   probability/<case_id>.nii.gz    fused lesion probability   (--save-planes)
   qc/<case_id>_votes.nii.gz       planes voting lesion, 0–3  (always)
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stroke_ray.config import FUSION_MODES, PLANES
+from stroke_ray.derivatives import bids_mask_uri
 from stroke_ray.io import StorageOptions, filesystem, join_uri, write_bytes_atomic, write_json
 from stroke_ray.metrics import METRIC_COLUMNS, ratios_from_counts
 
@@ -35,6 +37,7 @@ __all__ = [
     "STATUSES",
     "METRICS_SCHEMA",
     "mask_uri",
+    "fused_mask_uri",
     "case_part_uri",
     "write_case_rows",
     "finished_cases",
@@ -53,6 +56,8 @@ METRICS_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string()),
         pa.field("case_id", pa.string()),
+        pa.field("subject", pa.string()),  # BIDS subject and session, null where none
+        pa.field("session", pa.string()),
         pa.field("source", pa.string()),
         pa.field("fusion", pa.string()),
         pa.field("status", pa.string()),
@@ -73,6 +78,22 @@ METRICS_SCHEMA = pa.schema(
 def mask_uri(out: str, case_id: str, kind: str = "masks", suffix: str = "") -> str:
     """Where an output image of a case goes."""
     return join_uri(out, kind, f"{case_id}{suffix}.nii.gz")
+
+
+def fused_mask_uri(
+    out: str,
+    case_id: str,
+    *,
+    layout: str = "flat",
+    subject: str | None = None,
+    session: str | None = None,
+    reference: str = "flair",
+) -> str:
+    """Where a case's fused mask goes: ``masks/<case_id>.nii.gz``, or its BIDS derivatives
+    path (``--layout bids``; the datatype folder follows the run's reference sequence)."""
+    if layout == "bids":
+        return bids_mask_uri(out, case_id, subject, session, reference)
+    return mask_uri(out, case_id)
 
 
 def case_part_uri(out: str, case_id: str) -> str:
@@ -104,6 +125,15 @@ def write_case_rows(
     write_bytes_atomic(_parquet_bytes(_table(rows)), case_part_uri(out, case_id), options)
 
 
+def _conformed(table: pa.Table) -> pa.Table:
+    """A part in METRICS_SCHEMA; columns that older versions did not write are null."""
+    columns = [
+        table[field.name] if field.name in table.column_names else pa.nulls(len(table))
+        for field in METRICS_SCHEMA
+    ]
+    return pa.table(columns, names=METRICS_SCHEMA.names).cast(METRICS_SCHEMA)
+
+
 def _read_parts(out: str, options: StorageOptions) -> pa.Table:
     fs, path = filesystem(join_uri(out, "cases"), options)
     if not fs.exists(path):
@@ -112,7 +142,7 @@ def _read_parts(out: str, options: StorageOptions) -> pa.Table:
     tables = []
     for file in files:
         with fs.open(file, "rb") as handle:
-            tables.append(pq.read_table(handle).cast(METRICS_SCHEMA))
+            tables.append(_conformed(pq.read_table(handle)))
     return pa.concat_tables(tables) if tables else METRICS_SCHEMA.empty_table()
 
 

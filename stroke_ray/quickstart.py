@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from stroke_ray.cohort import cases_to_frame, load_cohort
+from stroke_ray.cohort import load_cohort, write_manifest
 from stroke_ray.config import DemoConfig, SegmentConfig, TrainConfig
 from stroke_ray.demo import generate_from_config
 from stroke_ray.outputs import summarise
@@ -32,7 +32,7 @@ def quickstart(
     split = split_cases([case.case_id for case in all_cases], held_out_fraction, training.seed)
     train_manifest = Path(manifest).parent / "train.csv"
     chosen = [case for case in all_cases if case.case_id in split["train"]]
-    cases_to_frame(chosen).to_csv(train_manifest, index=False)
+    write_manifest(chosen, str(train_manifest))
     run_dir = str(root / "run")
     run = train(replace(training, cohort=str(train_manifest), out=run_dir))
     for plane, values in run["planes"].items():

@@ -30,6 +30,7 @@ from stroke_ray.io import (
     write_bytes_atomic,
 )
 from stroke_ray.model import build_model, load_weights
+from stroke_ray.volumes import Inputs
 
 __all__ = [
     "RunNotReadyError",
@@ -44,14 +45,15 @@ __all__ = [
     "package_versions",
     "previous_run",
     "run_definition",
+    "run_inputs",
     "DEFINING_OPTIONS",
 ]
 
 # The options that shape a run's models: a rerun into the same folder must ask for the same.
 DEFINING_OPTIONS: tuple[str, ...] = (
-    "model", "weights", "epochs", "freeze_epochs", "lr", "finetune_lr", "batch_size", "alpha",
-    "beta", "lesion_weight", "lesion_oversample", "val_fraction", "seed", "max_steps_per_epoch",
-    "workers_per_plane",
+    "model", "sequences", "reference", "resample", "weights", "epochs", "freeze_epochs", "lr",
+    "finetune_lr", "batch_size", "alpha", "beta", "lesion_weight", "lesion_oversample",
+    "val_fraction", "seed", "max_steps_per_epoch", "workers_per_plane",
 )  # fmt: skip
 
 
@@ -142,6 +144,11 @@ def run_definition(config: TrainConfig, split: Mapping[str, list[str]] | None) -
     options = public_dict(config)
     definition = {name: options[name] for name in DEFINING_OPTIONS}
     return definition if split is None else {**definition, "split": dict(split)}
+
+
+def run_inputs(run: Mapping[str, Any]) -> Inputs:
+    """The sequences, reference and resampling a run's models were trained with."""
+    return Inputs.of(run.get("config") or {})
 
 
 def previous_run(

@@ -4,14 +4,15 @@ One row is one case, so a case's slices travel through Ray together and nothing 
 more than the cases in flight (memory does not grow with the cohort). Rows carry a typed
 :class:`CaseWork` between the stages:
 
-1. :func:`read_stage` (tasks): read the sequences and the label over fsspec, validate,
-   reorient to RAS, crop to the brain, z-score, pad (exactly as in training).
+1. :func:`read_stage` (tasks): read the run's sequences (``run.json``: sequences, reference,
+   resampling) and the label over fsspec, validate, reorient to RAS, crop to the brain,
+   z-score, pad (exactly as in training).
 2. :class:`PlanePredictor` (stateful actors, ``Dataset.map`` with a callable class): each
    actor loads the plane models once and predicts every brain slice of every plane in
    batches of ``batch_size`` slices (channels-last + bf16 autocast on GPU).
 3. :func:`write_stage` (tasks, a :class:`CaseWriter` each): the pure core of :mod:`stroke_ray.case_outputs` (restack,
-   fuse, map back to the source geometry, metrics), then the NIfTI outputs and the case's
-   metric part (atomically, last).
+   fuse, map back to the source geometry, metrics), then the NIfTI outputs (the fused mask
+   flat or as BIDS derivatives, ``--layout``) and the case's metric part (atomically, last).
 
 A failing case never stops the job: each stage turns its exception into an error that names
 the case, file and problem. Fault tolerance: Ray Data restarts a dead actor and re-runs its
@@ -34,8 +35,9 @@ import ray
 import torch
 
 from stroke_ray.case_outputs import CaseMasks, FusionSettings, case_masks, case_rows, error_row
-from stroke_ray.cohort import Case, load_cohort
+from stroke_ray.cohort import Case, ManifestError, find_cohort
 from stroke_ray.config import FUSION_MODES, SegmentConfig, public_dict
+from stroke_ray.derivatives import sidecar, sidecar_uri, write_dataset_files
 from stroke_ray.fingerprint import ensure_same_definition
 from stroke_ray.inference import PlanePrediction, predict_plane
 from stroke_ray.io import (
@@ -48,10 +50,16 @@ from stroke_ray.io import (
     write_json,
     write_nifti_atomic,
 )
-from stroke_ray.outputs import consolidate, finished_cases, mask_uri, write_case_rows
+from stroke_ray.outputs import (
+    consolidate,
+    finished_cases,
+    fused_mask_uri,
+    mask_uri,
+    write_case_rows,
+)
 from stroke_ray.preprocess import Prepared, prepare
-from stroke_ray.runs import finished_run, load_model_of
-from stroke_ray.volumes import CaseError, read_case
+from stroke_ray.runs import finished_run, load_model_of, run_inputs
+from stroke_ray.volumes import CaseError, Inputs, read_case
 
 __all__ = [
     "SegmentConfig",
@@ -72,6 +80,9 @@ class CaseWork:
     """One case on its way through the pipeline (a row's ``work`` column)."""
 
     case_id: str
+    subject: str | None = None
+    session: str | None = None
+    reference_uri: str | None = None  # the image whose grid and header the masks get
     error: str | None = None
     seconds: float = 0.0
     prepared: Prepared | None = None
@@ -100,13 +111,19 @@ def _options(options_ref: Any) -> StorageOptions:
     return ray.get(options_ref) if options_ref is not None else None
 
 
-def read_stage(row: dict[str, Any], options_ref: Any = None) -> dict[str, Any]:
-    """Stage 1 (tasks): read, validate and prepare one case; a case row in, a work row out."""
+def read_stage(row: dict[str, Any], inputs: Inputs, options_ref: Any = None) -> dict[str, Any]:
+    """Stage 1 (tasks): read, validate and prepare one case's ``inputs`` (the run's); a case
+    row in, a work row out."""
     started = time.perf_counter()
     case = Case.from_dict(row)
-    work = CaseWork(case_id=case.case_id)
+    work = CaseWork(
+        case_id=case.case_id,
+        subject=case.subject,
+        session=case.session,
+        reference_uri=case.images.get(inputs.reference),
+    )
     try:
-        volumes = read_case(case, _options(options_ref))
+        volumes = read_case(case, _options(options_ref), inputs=inputs)
         work.prepared = prepare(volumes)
         work.header = volumes.header
         work.spacing_mm = volumes.spacing_mm
@@ -175,6 +192,9 @@ class WriteSettings:
     out: str
     run_id: str
     fusion: FusionSettings
+    layout: str = "flat"
+    reference: str = "flair"  # the run's reference sequence (the BIDS datatype follows it)
+    bids_root: str | None = None  # the input BIDS dataset, linked from the derivatives
 
 
 class CaseWriter:
@@ -189,9 +209,22 @@ class CaseWriter:
         write_nifti_atomic(image_like(data, header), uri, self.options)
         return uri
 
+    def _write_mask(self, work: CaseWork, mask: np.ndarray) -> str:
+        """The fused mask, where the layout puts it (with its sidecar in BIDS)."""
+        settings = self.settings
+        uri = fused_mask_uri(
+            settings.out, work.case_id, layout=settings.layout, subject=work.subject,
+            session=work.session, reference=settings.reference,
+        )  # fmt: skip
+        self._write(mask, work.header, uri)
+        if settings.layout == "bids":
+            payload = sidecar(work.reference_uri, settings.bids_root)
+            write_json(payload, sidecar_uri(uri), self.options)
+        return uri
+
     def _write_images(self, work: CaseWork, result: CaseMasks) -> str:
         out, case_id, header = self.settings.out, work.case_id, work.header
-        written = self._write(result.masks["fused"], header, mask_uri(out, case_id))
+        written = self._write_mask(work, result.masks["fused"])
         self._write(result.votes, header, mask_uri(out, case_id, "qc", "_votes"))
         if self.settings.fusion.save_planes:
             for plane in work.predictions:
@@ -208,8 +241,12 @@ class CaseWriter:
             work.predictions, prepared.brain, prepared.geometry, self.settings.fusion
         )
         written = self._write_images(work, result)
-        common = {**self.common, "mask_uri": written}
+        common = {**self._common(work), "mask_uri": written}
         return case_rows(work.case_id, result, work.unpacked_label(), work.spacing_mm, common)
+
+    def _common(self, work: CaseWork) -> dict[str, Any]:
+        """Columns every row of the case shares."""
+        return {**self.common, "subject": work.subject, "session": work.session}
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         """Write one case; return its summary row."""
@@ -222,7 +259,7 @@ class CaseWriter:
             except Exception as err:  # noqa: BLE001 - one bad case must not stop the job
                 work.fail(err, "restack/vote/write")
         if rows is None:
-            rows = [error_row(work.case_id, work.error, self.common)]
+            rows = [error_row(work.case_id, work.error, self._common(work))]
         seconds = work.seconds + time.perf_counter() - started
         for metric_row in rows:
             metric_row["seconds"] = seconds
@@ -267,6 +304,7 @@ def segment_definition(config: SegmentConfig, run: dict[str, Any]) -> dict[str, 
         "extra_fusions": list(config.extra_fusions),
         "tta": config.tta,
         "precision": config.precision,
+        "layout": config.layout,
     }
 
 
@@ -280,8 +318,11 @@ def _warnings(run: dict[str, Any]) -> list[str]:
     ]
 
 
-def _prepare_out(config: SegmentConfig, run: dict[str, Any]) -> set[str]:
-    """Check and record what defines OUT; return the cases already finished there."""
+def _prepare_out(
+    config: SegmentConfig, run: dict[str, Any], bids_root: str | None = None
+) -> set[str]:
+    """Check and record what defines OUT (and describe it as a BIDS dataset with the bids
+    layout); return the cases already finished there."""
     options = config.storage_options
     definition = segment_definition(config, run)
     settings_uri = join_uri(config.out, "segment.json")
@@ -299,7 +340,26 @@ def _prepare_out(config: SegmentConfig, run: dict[str, Any]) -> set[str]:
         "warnings": warnings,
     }
     write_json(record, settings_uri, options)
+    if config.layout == "bids":
+        write_dataset_files(config.out, bids_root, options)
     return set() if config.overwrite else finished_cases(config.out, options)
+
+
+def _check_bids_names(cases: list[Case], reference: str) -> None:
+    """Two cases whose ids reduce to one BIDS name would overwrite each other's mask."""
+    owners: dict[str, list[str]] = {}
+    for case in cases:
+        uri = fused_mask_uri(
+            "", case.case_id, layout="bids", subject=case.subject, session=case.session,
+            reference=reference,
+        )  # fmt: skip
+        owners.setdefault(uri, []).append(case.case_id)
+    clashes = [ids for ids in owners.values() if len(ids) > 1]
+    if clashes:
+        raise ManifestError(
+            f"cases {clashes} would write the same BIDS mask (BIDS labels keep letters and "
+            "digits only); give them subject/session columns or use --layout flat"
+        )
 
 
 def segment(config: SegmentConfig, progress=None) -> tuple[Any, dict[str, Any]]:
@@ -308,9 +368,14 @@ def segment(config: SegmentConfig, progress=None) -> tuple[Any, dict[str, Any]]:
         raise ValueError(f"unknown fusion {config.fusion!r}; choose one of {FUSION_MODES}")
     config = replace(config, model=absolute_uri(config.model), out=absolute_uri(config.out))
     options = config.storage_options
-    cases = load_cohort(config.cohort, options)
+    cohort = find_cohort(config.cohort, options)
+    cases = cohort.cases
     run = finished_run(config.model, options)
-    done = _prepare_out(config, run)
+    inputs = run_inputs(run)
+    bids_root = absolute_uri(cohort.source).rstrip("/") if cohort.layout == "bids" else None
+    if config.layout == "bids":
+        _check_bids_names(cases, inputs.reference)
+    done = _prepare_out(config, run, bids_root)
     todo = [case for case in cases if case.case_id not in done]
     logger.info(
         "%d cases, %d already finished, %d to segment",
@@ -319,12 +384,19 @@ def segment(config: SegmentConfig, progress=None) -> tuple[Any, dict[str, Any]]:
         len(todo),
     )
     if todo:
-        _run_pipeline(config, run, todo, progress)
+        _run_pipeline(config, run, todo, progress, bids_root)
     return consolidate(config.out, options, case_ids=[case.case_id for case in cases])
 
 
-def _run_pipeline(config: SegmentConfig, run: dict[str, Any], todo: list[Case], progress) -> None:
+def _run_pipeline(
+    config: SegmentConfig,
+    run: dict[str, Any],
+    todo: list[Case],
+    progress,
+    bids_root: str | None = None,
+) -> None:
     options_ref = ray.put(config.storage_options)
+    inputs = run_inputs(run)
     settings = WriteSettings(
         out=config.out,
         run_id=str(run.get("run_id", "")),
@@ -334,6 +406,9 @@ def _run_pipeline(config: SegmentConfig, run: dict[str, Any], todo: list[Case], 
             extra_fusions=tuple(config.extra_fusions),
             save_planes=config.save_planes,
         ),
+        layout=config.layout,
+        reference=inputs.reference,
+        bids_root=bids_root,
     )
     gpus = (config.gpus_per_actor or 1.0) if config.use_gpu else 0
     # rows carry a CaseWork object: Ray Data pickles it (saying so once per worker unless asked)
@@ -342,7 +417,9 @@ def _run_pipeline(config: SegmentConfig, run: dict[str, Any], todo: list[Case], 
     # read and write are light tasks (0.25 CPU) kept apart from the model actors (1 CPU):
     # different resources stop Ray Data from fusing reading into the actor, so a case is
     # read while the previous one is predicted
-    dataset = dataset.map(read_stage, fn_kwargs={"options_ref": options_ref}, num_cpus=0.25)
+    dataset = dataset.map(
+        read_stage, fn_kwargs={"inputs": inputs, "options_ref": options_ref}, num_cpus=0.25
+    )
     dataset = dataset.map(
         PlanePredictor,
         fn_constructor_args=(config.model, run),

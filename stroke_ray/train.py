@@ -69,7 +69,7 @@ from stroke_ray.train_loop import (
     restore_training,
     train_one_epoch,
 )
-from stroke_ray.volumes import CaseError, read_case
+from stroke_ray.volumes import CaseError, Inputs, read_case
 
 __all__ = ["TrainConfig", "TrainError", "train", "train_plane_loop", "screen_cases"]
 
@@ -84,14 +84,22 @@ class TrainError(RuntimeError):
 # --------------------------------------------------------------------------- per worker
 
 
+def _inputs(config: TrainConfig) -> Inputs:
+    """The run's sequences, reference and resampling; TrainError when they do not fit."""
+    try:
+        return Inputs(config.sequences, config.reference, config.resample)
+    except ValueError as err:
+        raise TrainError(f"--sequences/--reference: {err}") from err
+
+
 def _load_slices(
-    case_dicts: list[dict], options: StorageOptions, plane: str
+    case_dicts: list[dict], options: StorageOptions, plane: str, inputs: Inputs
 ) -> tuple[PlaneSlices, dict[str, str]]:
     """This worker's cases as plane slices, and the reason for each case that failed."""
     prepared, failed = [], {}
     for values in case_dicts:
         try:
-            prepared.append(prepare(read_case(Case(**values), options)))
+            prepared.append(prepare(read_case(Case.from_dict(values), options, inputs=inputs)))
         except CaseError as err:
             logger.warning("plane %s: skipping %s", plane, err)
             failed[values["case_id"]] = str(err)
@@ -173,8 +181,13 @@ def train_plane_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(config.seed)
 
-    train_data, failed_train = _load_slices(loop_config["train_cases"][rank::world], options, plane)
-    val_data, failed_val = _load_slices(loop_config["val_cases"][rank::world], options, plane)
+    inputs = _inputs(config)
+    train_data, failed_train = _load_slices(
+        loop_config["train_cases"][rank::world], options, plane, inputs
+    )
+    val_data, failed_val = _load_slices(
+        loop_config["val_cases"][rank::world], options, plane, inputs
+    )
     failed = _gather_failures({**failed_train, **failed_val})
     val_slices = int(all_reduce(torch.tensor([len(val_data)]), device).item())
     _check_slices(plane, rank, train_data, val_slices)
@@ -240,20 +253,24 @@ def train_plane_loop(loop_config: dict) -> None:
 
 
 @ray.remote(num_cpus=0.25)
-def _screen_case(values: dict, options: StorageOptions) -> str | None:
-    case = Case(**values)
+def _screen_case(values: dict, options: StorageOptions, inputs: Inputs) -> str | None:
+    case = Case.from_dict(values)
     if not case.label:
         return f"case {case.case_id}: no label, cannot be used for training"
     try:
-        read_case(case, options)
+        read_case(case, options, inputs=inputs)
     except CaseError as err:
         return str(err)
     return None
 
 
-def screen_cases(cases: list[Case], options: StorageOptions) -> tuple[list[Case], dict[str, str]]:
-    """Read every case once in parallel; return the usable ones and reasons for the rest."""
-    reasons = ray.get([_screen_case.remote(case.to_dict(), options) for case in cases])
+def screen_cases(
+    cases: list[Case], options: StorageOptions, inputs: Inputs | None = None
+) -> tuple[list[Case], dict[str, str]]:
+    """Read every case once in parallel (``inputs``: default the paper's); return the usable
+    ones and reasons for the rest."""
+    inputs = inputs or Inputs()
+    reasons = ray.get([_screen_case.remote(case.to_dict(), options, inputs) for case in cases])
     skipped = {case.case_id: reason for case, reason in zip(cases, reasons, strict=True) if reason}
     for reason in skipped.values():
         logger.warning("training skips %s", reason)
@@ -324,12 +341,17 @@ def _collect(result, config: TrainConfig, plane: str) -> dict[str, Any]:
 
 
 def _resolved(config: TrainConfig) -> TrainConfig:
-    """Local paths made absolute (Ray workers run in another working directory)."""
+    """Local paths made absolute (Ray workers run in another working directory), and a
+    model input channel per sequence."""
     weights = config.weights
     if not is_scratch(weights) and weights != "imagenet":
         weights = absolute_uri(weights)
     return replace(
-        config, cohort=absolute_uri(config.cohort), out=absolute_uri(config.out), weights=weights
+        config,
+        cohort=absolute_uri(config.cohort),
+        out=absolute_uri(config.out),
+        weights=weights,
+        model=replace(config.model, in_channels=len(config.sequences)),
     )
 
 
@@ -366,13 +388,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Train the plane models and write the run folder; return the run summary."""
     config = _resolved(config)
     options = config.storage_options
+    inputs = _inputs(config)
     if config.restart and remove_tree(config.out, options):
         logger.info("--restart: removed %s", config.out)
     previous, history = previous_run(config.out, options)
     _check_definition(config, previous, None)  # options first: before reading any case
     build_model(config.model, config.weights, options)  # bad weights fail before any work
     cases = load_cohort(config.cohort, options)
-    usable, skipped = screen_cases(cases, options)
+    usable, skipped = screen_cases(cases, options, inputs)
     split = _split(config, usable, len(cases), skipped)
     definition = _check_definition(config, previous, split)
     recorded = (previous or {}).get("planes", {})

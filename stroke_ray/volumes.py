@@ -1,33 +1,76 @@
-"""Read one case's sequences and check them: 3D, same grid, finite, not empty, binary label."""
+"""Read one case's sequences and check them: 3D, one grid, finite, not empty, binary label.
+
+:class:`Inputs` says which sequences a model reads (in channel order), the reference sequence
+whose grid the others must share (its header becomes the masks'), and whether a sequence on
+another grid is resampled onto the reference grid by world coordinates (linear,
+``nibabel.processing.resample_from_to``) instead of being rejected. Resampling does not
+register: scans that are misaligned in world space stay misaligned. Labels are never
+resampled.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import nibabel as nib
 import numpy as np
 
-from stroke_ray.cohort import SEQUENCES, Case
+from stroke_ray.cohort import Case
+from stroke_ray.config import REFERENCE, SEQUENCES
 from stroke_ray.io import ImageReadError, StorageOptions, read_image
 
-__all__ = ["CaseError", "CaseVolumes", "read_case", "AFFINE_TOLERANCE_MM"]
+__all__ = ["CaseError", "CaseVolumes", "Inputs", "read_case", "AFFINE_TOLERANCE_MM"]
 
 AFFINE_TOLERANCE_MM = 1e-2
-REFERENCE_SEQUENCE = "flair"
+_NAME = re.compile(r"^[a-z0-9]+$")
 
 
 class CaseError(ValueError):
     """One case cannot be used; the message names the case, the file and the problem."""
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """The sequences a model reads (channel order), the reference grid, and resampling."""
+
+    sequences: tuple[str, ...] = SEQUENCES
+    reference: str = REFERENCE
+    resample: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sequences", tuple(self.sequences))
+        bad = [name for name in self.sequences if not _NAME.fullmatch(name)]
+        if not self.sequences or bad or len(set(self.sequences)) != len(self.sequences):
+            raise ValueError(
+                f"sequences {list(self.sequences)}: give one or more distinct lower-case names "
+                "(letters and digits)"
+            )
+        if self.reference not in self.sequences:
+            raise ValueError(
+                f"reference {self.reference!r} is not one of the sequences {list(self.sequences)}"
+            )
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> Inputs:
+        """From training options (run.json's ``config``); runs that predate them use the paper's."""
+        return cls(
+            sequences=tuple(options.get("sequences") or SEQUENCES),
+            reference=options.get("reference") or REFERENCE,
+            resample=bool(options.get("resample", False)),
+        )
+
+
 @dataclass
 class CaseVolumes:
-    """A case's sequences in their source voxel order, with the reference (FLAIR) header."""
+    """A case's sequences in their source voxel order, with the reference image's header."""
 
     case_id: str
-    images: np.ndarray  # (4, X, Y, Z) float32, channel order SEQUENCES
+    images: np.ndarray  # (C, X, Y, Z) float32, channel order ``sequences``
+    sequences: tuple[str, ...]
+    reference: str  # the sequence whose grid and header the volumes have
     label: np.ndarray | None  # (X, Y, Z) uint8 0/1
     affine: np.ndarray  # 4x4, the reference image's
     header: nib.Nifti1Header  # the reference image's NIfTI-1/2 header (qform/sform and codes)
@@ -75,16 +118,30 @@ def _load(case_id: str, name: str, uri: str, options: StorageOptions):
     return image, _as_3d(image, fail), fail
 
 
-def _check_grid(image, data, reference, fail: Callable[[str], NoReturn]) -> None:
+def _grid_problem(image, data: np.ndarray, reference, reference_name: str) -> str | None:
+    """Why an image is not on the reference grid (shape, affine); None when it is."""
     ref_image, ref_data = reference
     if data.shape != ref_data.shape:
-        fail(f"shape {data.shape} != {REFERENCE_SEQUENCE} shape {ref_data.shape}")
+        return f"shape {data.shape} != {reference_name} shape {ref_data.shape}"
     if not np.allclose(image.affine, ref_image.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
         worst = float(np.abs(image.affine - ref_image.affine).max())
-        fail(
-            f"affine differs from {REFERENCE_SEQUENCE} by up to {worst:.4g} "
+        return (
+            f"affine differs from {reference_name} by up to {worst:.4g} "
             f"(tolerance {AFFINE_TOLERANCE_MM} mm)"
         )
+    return None
+
+
+def _resampled(image, data: np.ndarray, reference) -> np.ndarray:
+    """``data`` resampled onto the reference grid by world coordinates (linear, 0 outside)."""
+    from nibabel.processing import resample_from_to
+
+    ref_image, ref_data = reference
+    moving = nib.Nifti1Image(data, image.affine)
+    target = (ref_data.shape, ref_image.affine)
+    return resample_from_to(moving, target, order=1, mode="constant", cval=0.0).get_fdata(
+        dtype=np.float32
+    )
 
 
 def _check_intensities(data: np.ndarray, fail: Callable[[str], NoReturn]) -> np.ndarray:
@@ -105,30 +162,55 @@ def _check_label(data: np.ndarray, fail: Callable[[str], NoReturn]) -> np.ndarra
     return data.astype(np.uint8)
 
 
-def read_case(case: Case, storage_options: StorageOptions = None) -> CaseVolumes:
-    """Read and validate a case; raise CaseError naming the file and problem."""
+def _channel(case: Case, name: str, loaded, inputs: Inputs, options: StorageOptions):
+    """One sequence on the reference grid (resampled when allowed), checked; ``loaded`` is
+    the reference's (image, data, fail)."""
+    ref_image, ref_data, _ = loaded
+    if name == inputs.reference:
+        image, data, fail = loaded
+    else:
+        image, data, fail = _load(case.case_id, name, case.images[name], options)
+    problem = _grid_problem(image, data, (ref_image, ref_data), inputs.reference)
+    if problem and not inputs.resample:
+        fail(f"{problem}; --resample puts it onto the {inputs.reference} grid")
+    if problem:
+        data = _resampled(image, data, (ref_image, ref_data))
+        where = f"{name} (resampled onto the {inputs.reference} grid)"
+        fail = _failer(case.case_id, where, case.images[name])
+    return _check_intensities(data, fail)
+
+
+def read_case(
+    case: Case, storage_options: StorageOptions = None, *, inputs: Inputs | None = None
+) -> CaseVolumes:
+    """Read and validate a case's ``inputs`` (default: the paper's); raise CaseError naming
+    the case, the file and the problem."""
+    inputs = inputs or Inputs()
     if case.problem:
         raise CaseError(case.problem)
-    uris = case.sequence_uris()
-    reference = _load(case.case_id, REFERENCE_SEQUENCE, uris[REFERENCE_SEQUENCE], storage_options)
-    ref_image, ref_data, _ = reference
-    channels = []
-    for name in SEQUENCES:
-        image, data, fail = (
-            reference
-            if name == REFERENCE_SEQUENCE
-            else _load(case.case_id, name, uris[name], storage_options)
+    missing = [name for name in inputs.sequences if name not in case.images]
+    if missing:
+        raise CaseError(
+            f"case {case.case_id}: no {'/'.join(missing)} image (the case has "
+            f"{', '.join(sorted(case.images)) or 'no image'}; the model reads "
+            f"{', '.join(inputs.sequences)})"
         )
-        _check_grid(image, data, (ref_image, ref_data), fail)
-        channels.append(_check_intensities(data, fail))
+    loaded = _load(case.case_id, inputs.reference, case.images[inputs.reference], storage_options)
+    ref_image, ref_data, _ = loaded
+    reference = (ref_image, ref_data)
+    channels = [_channel(case, name, loaded, inputs, storage_options) for name in inputs.sequences]
     label = None
     if case.label:
         image, data, fail = _load(case.case_id, "label", case.label, storage_options)
-        _check_grid(image, data, (ref_image, ref_data), fail)
+        problem = _grid_problem(image, data, reference, inputs.reference)
+        if problem:
+            fail(f"{problem} (labels are never resampled)")
         label = _check_label(data, fail)
     return CaseVolumes(
         case_id=case.case_id,
         images=np.stack(channels),
+        sequences=inputs.sequences,
+        reference=inputs.reference,
         label=label,
         affine=ref_image.affine.copy(),
         header=_nifti_header(ref_image),

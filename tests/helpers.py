@@ -6,6 +6,7 @@ the rootdir ``conftest.py``); fixtures live in ``conftest.py``.
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from stroke_ray.cohort import SEQUENCES, Case
 from stroke_ray.config import ModelConfig, TrainConfig
 
 __all__ = [
+    "ISLES22_FILES",
     "DEFAULT_SHAPE",
     "DEMO_SHAPE",
     "TINY_MODEL",
@@ -30,6 +32,10 @@ __all__ = [
     "synthetic_case",
     "tiny_train_config",
     "write_case",
+    "coarse_grid",
+    "write_isles22_case",
+    "write_atlas_case",
+    "write_nnunet",
 ]
 
 DEFAULT_SHAPE: tuple[int, int, int] = (24, 28, 20)
@@ -38,6 +44,7 @@ TINY_MODEL_CONFIG = ModelConfig(encoder_name="resnet18", decoder_channels=(16, 8
 TINY_MODEL = {"model": TINY_MODEL_CONFIG}  # TrainConfig keyword arguments
 TINY_SCHEDULE = {"epochs": 2, "batch_size": 4, "max_steps_per_epoch": 1, "weights": "none"}
 _WORLD_AXIS = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
+ISLES22_FILES = {"dwi": ("dwi", "dwi"), "adc": ("dwi", "adc"), "flair": ("anat", "FLAIR")}
 
 
 def affine_for(
@@ -113,7 +120,109 @@ def write_case(
         for name in SEQUENCES
     }
     paths["label"] = str(save_nifti(label, affine, folder / f"label{suffix}", np.uint8))
-    return Case(case_id=case_id, **paths)
+    label = paths.pop("label")
+    return Case(case_id=case_id, images=paths, label=label)
+
+
+def coarse_grid(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every second voxel of ``data`` and the affine of that 2× coarser grid (same world)."""
+    return data[::2, ::2, ::2].copy(), affine @ np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def _sequence_volumes(
+    names: tuple[str, ...], shape: tuple[int, int, int], seed: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Positive random volumes inside the head (the lesion brighter on DWI) and a 0/1 label."""
+    rng = np.random.default_rng(seed)
+    head = head_mask(shape)
+    label = (head & (rng.random(shape) < 0.2)).astype(np.uint8)
+    images = {
+        name: np.where(head, rng.integers(50, 1000, size=shape), 0).astype(np.float32)
+        for name in names
+    }
+    if "dwi" in images:
+        images["dwi"][label > 0] += 1000.0
+    return images, label
+
+
+def write_isles22_case(
+    root: Path,
+    subject: str,
+    session: str = "0001",
+    *,
+    sequences: tuple[str, ...] = ("dwi", "adc", "flair"),
+    label: bool = True,
+    old_release: bool = False,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write one ISLES'22-style BIDS case: DWI, ADC and the mask on one grid, FLAIR on a 2×
+    coarser grid of the same head. ``old_release``: flat under ``rawdata/sub-…/ses-…/`` with a
+    lower-case ``_flair``. Return the written paths by sequence (and ``label``)."""
+    affine = affine_for("LPS", (1.0, 1.0, 1.0))
+    images, lesion = _sequence_volumes(sequences, shape, seed)
+    stem = f"sub-{subject}_ses-{session}"
+    written = {}
+    for name in sequences:
+        datatype, suffix = ISLES22_FILES[name]
+        data, grid = (
+            coarse_grid(images[name], affine) if name == "flair" else (images[name], affine)
+        )
+        if old_release:
+            path = (
+                root
+                / "rawdata"
+                / f"sub-{subject}"
+                / f"ses-{session}"
+                / f"{stem}_{suffix.lower()}.nii.gz"
+            )
+        else:
+            path = root / f"sub-{subject}" / f"ses-{session}" / datatype / f"{stem}_{suffix}.nii.gz"
+        written[name] = save_nifti(data, grid, path)
+    if label:
+        mask = root / "derivatives" / f"sub-{subject}" / f"ses-{session}" / f"{stem}_msk.nii.gz"
+        written["label"] = save_nifti(lesion, affine, mask, np.uint8)
+    return written
+
+
+def write_atlas_case(root: Path, subject: str, *, seed: int = 0) -> dict[str, Path]:
+    """Write one ATLAS R2.0 case: an MNI-space T1w and its lesion mask beside it in anat/."""
+    images, lesion = _sequence_volumes(("t1",), DEFAULT_SHAPE, seed)
+    folder = root / f"sub-{subject}" / "ses-1" / "anat"
+    stem = f"sub-{subject}_ses-1_space-MNI152NLin2009aSym"
+    return {
+        "t1": save_nifti(images["t1"], np.eye(4), folder / f"{stem}_T1w.nii.gz"),
+        "label": save_nifti(
+            lesion, np.eye(4), folder / f"{stem}_label-L_desc-T1lesion_mask.nii.gz", np.uint8
+        ),
+    }
+
+
+def write_nnunet(
+    root: Path,
+    training: tuple[str, ...],
+    test: tuple[str, ...] = (),
+    channel_names: dict[str, str] | None = None,
+) -> Path:
+    """Write an nnU-Net raw dataset: channel files in imagesTr/imagesTs, labels in labelsTr,
+    and dataset.json (channels DWI, ADC, FLAIR by default). Return dataset.json's path."""
+    channel_names = channel_names or {"0": "DWI", "1": "ADC", "2": "FLAIR"}
+    for index, case_id in enumerate((*training, *test)):
+        folder = "imagesTr" if case_id in training else "imagesTs"
+        images, lesion = _sequence_volumes(tuple(channel_names), DEFAULT_SHAPE, index)
+        for number in channel_names:
+            name = f"{case_id}_{int(number):04d}.nii.gz"
+            save_nifti(images[number], np.eye(4), root / folder / name)
+        if case_id in training:
+            save_nifti(lesion, np.eye(4), root / "labelsTr" / f"{case_id}.nii.gz", np.uint8)
+    description = {
+        "channel_names": channel_names,
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": len(training),
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(description))
+    return root / "dataset.json"
 
 
 def tiny_train_config(cohort: Path | str, out: Path | str, **overrides) -> TrainConfig:

@@ -18,11 +18,14 @@ from stroke_ray.cohort import (
     MANIFEST_COLUMNS,
     SEQUENCES,
     Case,
+    Cohort,
     ManifestError,
     cases_to_frame,
-    discover_isles_folder,
+    describe_cohort,
     load_cohort,
     read_manifest,
+    scan_cohort,
+    write_manifest,
 )
 from stroke_ray.volumes import CaseError, read_case
 
@@ -60,9 +63,9 @@ def test_csv_relative_absolute_and_empty_label(tmp_path: Path) -> None:
     assert [case.case_id for case in cases] == ["case01", "case02", "case03"]
     first, second, third = cases
     for name in SEQUENCES:
-        assert Path(getattr(first, name)) == root / "case01" / f"{name}.nii.gz"
-        assert Path(getattr(second, name)) == elsewhere / "case02" / f"{name}.nii.gz"
-        assert Path(getattr(third, name)) == root / "case03" / f"{name}.nii.gz"
+        assert Path(first.images[name]) == root / "case01" / f"{name}.nii.gz"
+        assert Path(second.images[name]) == elsewhere / "case02" / f"{name}.nii.gz"
+        assert Path(third.images[name]) == root / "case03" / f"{name}.nii.gz"
     assert Path(first.label) == root / "case01" / "label.nii.gz"
     assert second.label is None
 
@@ -81,7 +84,7 @@ def test_csv_header_with_spaces(tmp_path: Path) -> None:
         "case_id, t1, t2, flair, dwi, label\nc1, c1/t1.nii, c1/t2.nii, c1/flair.nii, c1/dwi.nii, \n"
     )
     (case,) = read_manifest(str(manifest))
-    assert Path(case.flair) == tmp_path / "c1" / "flair.nii"
+    assert Path(case.images["flair"]) == tmp_path / "c1" / "flair.nii"
     assert case.label is None
 
 
@@ -106,16 +109,16 @@ def test_parquet_manifest(tmp_path: Path) -> None:
     )
     frame.to_parquet(tmp_path / "manifest.parquet")
     first, second = load_cohort(str(tmp_path))
-    assert Path(first.dwi) == tmp_path / "p1" / "dwi.nii.gz"
+    assert Path(first.images["dwi"]) == tmp_path / "p1" / "dwi.nii.gz"
     assert first.label is None
-    assert second.t2 == "/abs/p2/t2.nii.gz"
+    assert second.images["t2"] == "/abs/p2/t2.nii.gz"
     assert second.label == "s3://bucket/p2/label.nii.gz"
 
 
 def test_cases_to_frame_round_trip(tmp_path: Path) -> None:
     cases = [
-        Case("a", "/x/t1", "/x/t2", "/x/f", "/x/d", None),
-        Case("b", "/y/t1", "/y/t2", "/y/f", "/y/d", "/y/l"),
+        Case("a", {"t1": "/x/t1", "t2": "/x/t2", "flair": "/x/f", "dwi": "/x/d"}, None),
+        Case("b", {"t1": "/y/t1", "t2": "/y/t2", "flair": "/y/f", "dwi": "/y/d"}, "/y/l"),
     ]
     cases_to_frame(cases).to_parquet(tmp_path / "m.parquet")
     assert read_manifest(str(tmp_path / "m.parquet")) == cases
@@ -168,7 +171,7 @@ def test_discover_isles_folder(tmp_path: Path, suffix: str) -> None:
     assert [case.case_id for case in cases] == ["1", "2"]
     for case in cases:
         for name, tag in ISLES_TAGS.items():
-            uri = getattr(case, name)
+            uri = case.images[name]
             assert Path(uri).parent.parent == root / case.case_id
             assert f".{tag}." in Path(uri).name and uri.endswith(suffix)
     assert Path(cases[0].label).name.startswith("VSD.Brain_3more.XX.O.OT.")
@@ -177,25 +180,46 @@ def test_discover_isles_folder(tmp_path: Path, suffix: str) -> None:
 
 
 def test_discover_isles_missing_sequence_named(tmp_path: Path) -> None:
+    """A case without DWI is listed without it; reading it for the paper's model fails it
+    alone, naming the sequence (the cohort is not stopped)."""
     _write_isles_case(tmp_path, "3", ".nii")
+    _write_isles_case(tmp_path, "4", ".nii")
     for item in (tmp_path / "3").glob("*MR_DWI*"):
         for file in item.iterdir():
             file.unlink()
         item.rmdir()
-    with pytest.raises(ManifestError, match=r"case 3: no dwi image"):
-        discover_isles_folder(str(tmp_path))
+    short, full = load_cohort(str(tmp_path))
+    assert sorted(short.images) == ["flair", "t1", "t2"]
+    with pytest.raises(CaseError, match=r"case 3: no dwi image"):
+        read_case(short)
+    assert read_case(full).images.shape[0] == 4
 
 
-def test_discover_isles_rejects_bad_folder_names(tmp_path: Path) -> None:
+def test_discover_isles_skips_bad_folder_names(tmp_path: Path) -> None:
     _write_isles_case(tmp_path, "1", ".nii")
+    _write_isles_case(tmp_path, "2", ".nii")
     (tmp_path / "1").rename(tmp_path / "case one")
-    with pytest.raises(ManifestError, match="case one"):
-        discover_isles_folder(str(tmp_path))
+    found = scan_cohort(str(tmp_path))
+    assert [case.case_id for case in found.cases] == ["2"]
+    assert re.search("case id 'case one' is not allowed", found.skipped["case one/"])
+
+
+def test_discover_isles_records_what_it_skips(tmp_path: Path) -> None:
+    _write_isles_case(tmp_path, "1", ".nii")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a case")
+    (tmp_path / "index.txt").write_text("a stray file")
+    found = scan_cohort(str(tmp_path))
+    assert found.layout == "isles2015" and [case.case_id for case in found.cases] == ["1"]
+    assert found.skipped == {
+        "notes/": "no ISLES image (…MR_<sequence>…) inside",
+        "index.txt": "stray file beside the case folders",
+    }
 
 
 def test_discover_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ManifestError, match="no ISLES case folders"):
+    with pytest.raises(ManifestError, match="no cases found"):
         load_cohort(str(tmp_path))
 
 
@@ -216,17 +240,39 @@ def test_empty_manifest(tmp_path: Path) -> None:
 
 
 def test_missing_column(tmp_path: Path) -> None:
+    """A manifest without a dwi column lists cases without DWI; a model that reads DWI
+    fails each such case, naming the sequence."""
     header = [column for column in MANIFEST_COLUMNS if column != "dwi"]
     rows = [{k: v for k, v in _row("a", "a").items() if k != "dwi"}]
     manifest = _write_csv(tmp_path / "m.csv", rows, header=header)
-    with pytest.raises(ManifestError, match=r"missing columns \['dwi'\]"):
-        read_manifest(str(manifest))
+    (case,) = read_manifest(str(manifest))
+    assert sorted(case.images) == ["flair", "t1", "t2"]
+    with pytest.raises(CaseError, match=r"case a: no dwi image \(the case has flair, t1, t2"):
+        read_case(case)
+
+
+def test_manifest_without_case_id_or_sequences(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("id,t1\nx,x.nii\n")
+    with pytest.raises(ManifestError, match="need a case_id column"):
+        read_manifest(str(tmp_path / "a.csv"))
+    (tmp_path / "b.csv").write_text("case_id,label\nx,x.nii\n")
+    with pytest.raises(ManifestError, match="need a case_id column and a column per sequence"):
+        read_manifest(str(tmp_path / "b.csv"))
+    (tmp_path / "c.csv").write_text("case_id,T1 pre\nx,x.nii\n")
+    with pytest.raises(ManifestError, match="'t1 pre' is not a sequence name"):
+        read_manifest(str(tmp_path / "c.csv"))
+    (tmp_path / "d.csv").write_text("case_id,T1w,t1\nx,x.nii,y.nii\n")
+    with pytest.raises(ManifestError, match=r"repeated columns \['t1'\]"):
+        read_manifest(str(tmp_path / "d.csv"))
 
 
 def test_empty_sequence_entry(tmp_path: Path) -> None:
+    """An empty cell: the case has no such sequence (fine for a model that does not read it)."""
     manifest = _write_csv(tmp_path / "m.csv", [{**_row("a", "a"), "t2": "  "}])
-    with pytest.raises(ManifestError, match="case a: no t2 file"):
-        read_manifest(str(manifest))
+    (case,) = read_manifest(str(manifest))
+    assert "t2" not in case.images
+    with pytest.raises(CaseError, match="case a: no t2 image"):
+        read_case(case)
 
 
 @pytest.mark.parametrize("entry", ["../../etc/passwd", "a/../../../etc/passwd", "..\\..\\x.nii"])
@@ -252,7 +298,7 @@ def test_escaping_path_is_the_case_problem_and_nothing_is_read(
     assert read_uris == [str(manifest)]
     assert escaping.problem is not None
     assert re.fullmatch(r"case a: flair path .* escapes the cohort folder .*", escaping.problem)
-    assert escaping.flair == entry  # left unresolved
+    assert escaping.images["flair"] == entry  # left unresolved
     assert good.problem is None and good == written
     with pytest.raises(CaseError, match=r"case a: flair path .* escapes the cohort folder"):
         read_case(escaping)
@@ -262,10 +308,11 @@ def test_escaping_path_is_the_case_problem_and_nothing_is_read(
 
 
 def test_case_dict_round_trip_keeps_the_problem() -> None:
-    case = Case("a", "/t1", "/t2", "/f", "/d", None, problem="case a: bad")
+    images = {"t1": "/t1", "t2": "/t2", "flair": "/f", "dwi": "/d"}
+    case = Case("a", images, None, problem="case a: bad")
     assert Case.from_dict({**case.to_dict(), "work": "ignored"}) == case
     assert Case.from_dict({k: v for k, v in case.to_dict().items() if k != "problem"}) == (
-        Case("a", "/t1", "/t2", "/f", "/d", None)
+        Case("a", images, None)
     )
 
 
@@ -299,4 +346,37 @@ def test_relative_manifest_gives_absolute_paths(tmp_path, monkeypatch):
     )
     monkeypatch.chdir(tmp_path)
     (case,) = load_cohort("cohort/manifest.csv")
-    assert case.t1 == str(folder / "a" / "t1.nii")
+    assert case.images["t1"] == str(folder / "a" / "t1.nii")
+
+
+def test_describe_cohort_counts_sequences_labels_problems_and_skips() -> None:
+    cases = [
+        Case("a", {"dwi": "/a/dwi", "adc": "/a/adc"}, "/a/label", problem="bad header"),
+        Case("b", {"dwi": "/b/dwi"}, None, problem="case b: 2 dwi files (x, y); keep one"),
+    ]
+    found = Cohort("manifest", "m.csv", cases, {"x.txt": "stray"})
+    assert describe_cohort(found) == [
+        "layout: manifest (m.csv)",
+        "cases: 2 (1 labelled, 1 unlabelled)",
+        "sequences (cases with each): adc 1, dwi 2",
+        "sequence sets (cases with each): adc dwi: 1; dwi: 1",
+        "cases with a problem: 2",
+        "  a: bad header",
+        "  case b: 2 dwi files (x, y); keep one",
+        "skipped: 1",
+        "  x.txt: stray",
+    ]
+
+
+def test_manifest_round_trip_keeps_subject_session_problem_and_other_sequences(
+    tmp_path: Path,
+) -> None:
+    cases = [
+        Case("s1", {"dwi": "/d/1", "adc": "s3://b/a1"}, "/l/1", None, "01", "a"),
+        Case("s2", {"flair": "/f/2", "swi": "/s/2"}, None, "case s2: odd", "02", None),
+    ]
+    write_manifest(cases, str(tmp_path / "m.csv"))
+    assert (tmp_path / "m.csv").read_text().splitlines()[0] == (
+        "case_id,flair,dwi,adc,swi,label,subject,session,problem"
+    )
+    assert read_manifest(str(tmp_path / "m.csv")) == cases

@@ -69,7 +69,9 @@ def test_public_dict_has_no_credentials():
         "encoder_name": "resnet18",
         "decoder_channels": [256, 128, 64, 32, 16],
         "encoder_depth": 5,
+        "in_channels": 4,
     }
+    assert values["sequences"] == ["t1", "t2", "flair", "dwi"] and values["reference"] == "flair"
     assert values["planes"] == list(PLANES)
     assert values["cohort"] == "c" and values["epochs"] == 10 and values["use_gpu"] is False
     expected = {f.name for f in dataclasses.fields(TrainConfig)} - {"storage_options"}

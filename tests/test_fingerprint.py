@@ -111,6 +111,9 @@ def test_run_definition_holds_what_shapes_the_models():
         {"batch_size": 2},
         {"model": ModelConfig(encoder_name="resnet34")},
         {"max_steps_per_epoch": 3},
+        {"sequences": ("dwi", "adc", "flair")},
+        {"reference": "t1"},
+        {"resample": True},
     ):
         changed = run_definition(replace(config, **change), SPLIT)
         assert differences(definition, changed), change
@@ -145,6 +148,7 @@ def test_segment_definition():
         "extra_fusions": [],
         "tta": False,
         "precision": "auto",
+        "layout": "flat",
     }
     weighted = segment_definition(replace(config, fusion="weighted"), RUN)
     assert weighted["plane_weights"] == {"axial": 0.7, "coronal": 0.5}  # the run's val Dice
@@ -157,6 +161,8 @@ def test_segment_definition():
     # how fast it runs does not define the masks
     for change in ({"batch_size": 2}, {"num_actors": 3}, {"use_gpu": True}, {"cohort": "x"}):
         assert segment_definition(replace(config, **change), RUN) == definition
+    # where the masks go does
+    assert segment_definition(replace(config, layout="bids"), RUN)["layout"] == "bids"
 
 
 def test_segmentation_folder_refuses_another_definition(tmp_path: Path):

@@ -8,6 +8,7 @@ import pickle
 import shlex
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,6 @@ from safetensors.torch import save_file
 
 from stroke_ray.config import ModelConfig
 from stroke_ray.model import (
-    IN_CHANNELS,
     WeightsError,
     build_model,
     load_weights,
@@ -26,6 +26,7 @@ from stroke_ray.model import (
 )
 
 CONFIG = ModelConfig(encoder_name="resnet18", decoder_channels=(16, 8, 8, 4, 4))
+IN_CHANNELS = CONFIG.in_channels  # the paper's four sequences by default
 SIDE = 64
 
 
@@ -58,8 +59,18 @@ def test_output_shape() -> None:
     model = build_model(CONFIG).eval()
     with torch.no_grad():
         output = model(torch.randn(2, IN_CHANNELS, SIDE, SIDE))
+    assert IN_CHANNELS == 4
     assert output.shape == (2, 2, SIDE, SIDE)
     assert model.encoder.conv1.in_channels == IN_CHANNELS
+
+
+@pytest.mark.parametrize("channels", [1, 3, 5])
+def test_input_channels_follow_the_config(channels: int) -> None:
+    model = build_model(replace(CONFIG, in_channels=channels)).eval()
+    with torch.no_grad():
+        output = model(torch.randn(1, channels, SIDE, SIDE))
+    assert output.shape == (1, 2, SIDE, SIDE)
+    assert model.encoder.conv1.in_channels == channels
 
 
 def test_config_round_trip() -> None:
@@ -89,20 +100,21 @@ def test_corrupt_safetensors_refused(tmp_path: Path) -> None:
         build_model(CONFIG, weights=str(path))
 
 
-def test_torchvision_encoder_state_dict_adapted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("channels", [IN_CHANNELS, 1, 3, 5])
+def test_torchvision_encoder_state_dict_adapted(tmp_path: Path, channels: int) -> None:
     torch.manual_seed(1)
     torchvision_state = torchvision.models.resnet18(weights=None).state_dict()
     assert torchvision_state["conv1.weight"].shape[1] == 3 and "fc.weight" in torchvision_state
     path = tmp_path / "resnet18_imagenet.pth"
     torch.save(torchvision_state, path)
 
-    model = build_model(CONFIG, weights=str(path))
+    model = build_model(replace(CONFIG, in_channels=channels), weights=str(path))
 
     conv1 = model.encoder.conv1.weight.detach()
-    assert conv1.shape == (64, IN_CHANNELS, 7, 7)
+    assert conv1.shape == (64, channels, 7, 7)
     source = torchvision_state["conv1.weight"]
-    for channel in range(IN_CHANNELS):  # smp: repeat RGB cyclically, scale by 3/4
-        torch.testing.assert_close(conv1[:, channel], source[:, channel % 3] * 3 / IN_CHANNELS)
+    for channel in range(channels):  # smp: repeat RGB cyclically, scale by 3/channels
+        torch.testing.assert_close(conv1[:, channel], source[:, channel % 3] * 3 / channels)
     encoder_state = model.encoder.state_dict()
     for key in ("layer4.1.conv2.weight", "bn1.running_mean", "layer2.0.downsample.0.weight"):
         torch.testing.assert_close(encoder_state[key], torchvision_state[key], rtol=0, atol=0)

@@ -36,7 +36,7 @@ def test_restore_label_exactly(tmp_path: Path, orientation: str, dtype: type) ->
     case = write_case(tmp_path, "c1", SHAPE, ORIENTATIONS[orientation], dtype)
     source_label = np.asarray(nib.load(case.label).dataobj)
     source_head = np.any(
-        [np.asarray(nib.load(uri).dataobj) != 0 for uri in case.sequence_uris().values()], axis=0
+        [np.asarray(nib.load(uri).dataobj) != 0 for uri in case.images.values()], axis=0
     )
     prepared = prepare(read_case(case))
     assert prepared.label is not None

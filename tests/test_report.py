@@ -330,6 +330,8 @@ def test_ras_views_reorient_and_keep_spacing(manifest):
     source = CaseVolumes(
         case_id=case.case_id,
         images=to_psr(ras.images),
+        sequences=ras.sequences,
+        reference=ras.reference,
         label=to_psr(ras.label),
         affine=affine_for("PSR", zooms=(2.0, 3.0, 1.0)),
         header=ras.header,

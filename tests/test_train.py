@@ -174,7 +174,7 @@ def test_case_failing_in_a_worker_is_named_not_dropped(tmp_path, broken):
 
     good = write_case(tmp_path, "good", seed=1)
     bad = write_case(tmp_path, "bad", seed=2)
-    Path(getattr(bad, broken)).write_bytes(b"broken")
+    Path(bad.label if broken == "label" else bad.images[broken]).write_bytes(b"broken")
     slices, failed = _load_slices([good.to_dict(), bad.to_dict()], None, "axial")
     assert list(failed) == ["bad"] and broken in failed["bad"]
     assert len(slices) > 0 and len(slices.images) == 1

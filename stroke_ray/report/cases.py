@@ -1,45 +1,65 @@
 """The per-case part of the report: QC scatter, sortable case table, case pictures.
 
-Case pictures read each case with :func:`stroke_ray.volumes.read_case` and its fused mask,
-reorient both to RAS with :func:`stroke_ray.preprocess.to_canonical` so every case is the
-same way up, and draw FLAIR and DWI in three planes with the truth and prediction outlined.
+Case pictures read each case with :func:`stroke_ray.volumes.read_case` (the run's sequences)
+and its fused mask, reorient both to RAS with :func:`stroke_ray.preprocess.to_canonical` so
+every case is the same way up, and draw the reference sequence and one more (DWI, else FLAIR,
+ADC, T2, T1, else the first other) in three planes with the truth and prediction outlined.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from stroke_ray.cohort import SEQUENCES, Case, load_cohort
+from stroke_ray.cohort import Case, load_cohort
 from stroke_ray.config import PLANES
 from stroke_ray.io import StorageOptions, read_image
-from stroke_ray.outputs import mask_uri
+from stroke_ray.outputs import fused_mask_uri
 from stroke_ray.preprocess import ras_spacing, to_canonical
 from stroke_ray.qc import dice_agreement_correlation, qc_points
 from stroke_ray.report import figures
 from stroke_ray.report import html as h
-from stroke_ray.volumes import CaseVolumes, read_case
+from stroke_ray.volumes import CaseVolumes, Inputs, read_case
 
-__all__ = ["ras_views", "case_sections"]
+__all__ = ["ras_views", "shown_sequences", "case_sections"]
 
 logger = logging.getLogger(__name__)
 
-_SHOWN_SEQUENCES = ("flair", "dwi")
+_SECOND_CHOICE = ("dwi", "flair", "adc", "t2", "t1")  # shown beside the reference
+
+
+@dataclass(frozen=True)
+class _Folder:
+    """A segmentation folder: where, what its run read, how its masks are laid out."""
+
+    out: str
+    inputs: Inputs
+    layout: str
+
+
+def shown_sequences(sequences: tuple[str, ...], reference: str) -> tuple[str, ...]:
+    """The reference and up to one more of ``sequences`` that a case picture shows."""
+    others = [name for name in sequences if name != reference]
+    preferred = [name for name in _SECOND_CHOICE if name in others] + others
+    return (reference, *preferred[:1])
 
 
 def ras_views(
     volumes: CaseVolumes, prediction: np.ndarray
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray, tuple[float, float, float]]:
-    """FLAIR and DWI, truth and prediction reoriented to RAS, with the RAS voxel size in mm."""
+    """The shown sequences (:func:`shown_sequences`), truth and prediction reoriented to RAS,
+    with the RAS voxel size in mm."""
     affine = volumes.affine
-    channels = [SEQUENCES.index(name) for name in _SHOWN_SEQUENCES]
+    shown = shown_sequences(volumes.sequences, volumes.reference)
+    channels = [volumes.sequences.index(name) for name in shown]
     images = to_canonical(volumes.images[channels], affine)
     truth = None if volumes.label is None else to_canonical(volumes.label, affine)
     return (
-        {name.upper(): image for name, image in zip(_SHOWN_SEQUENCES, images, strict=True)},
+        {name.upper(): image for name, image in zip(shown, images, strict=True)},
         truth,
         to_canonical(prediction, affine),
         ras_spacing(affine),
@@ -55,9 +75,18 @@ def _ranked_cases(metrics: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _picture(case: Case, row: dict[str, Any], out: str, options: StorageOptions) -> bytes:
-    volumes = read_case(case, options)
-    mask = np.asanyarray(read_image(mask_uri(out, case.case_id), options).dataobj)
+def _text(value: Any) -> str | None:
+    """A metrics cell as text; null (None or NaN) as None."""
+    return value if isinstance(value, str) else None
+
+
+def _picture(case: Case, row: dict[str, Any], seg: _Folder, options: StorageOptions) -> bytes:
+    volumes = read_case(case, options, inputs=seg.inputs)
+    uri = fused_mask_uri(
+        seg.out, case.case_id, layout=seg.layout, subject=_text(row.get("subject")),
+        session=_text(row.get("session")), reference=seg.inputs.reference,
+    )  # fmt: skip
+    mask = np.asanyarray(read_image(uri, options).dataobj)
     if mask.shape != volumes.images.shape[1:]:
         raise ValueError(f"mask shape {mask.shape} != image shape {volumes.images.shape[1:]}")
     images, truth, prediction, spacing = ras_views(volumes, (mask > 0).astype(np.uint8))
@@ -65,20 +94,22 @@ def _picture(case: Case, row: dict[str, Any], out: str, options: StorageOptions)
     return figures.case_figure(images, truth, prediction, spacing, title)
 
 
-def _picture_caption(row: dict[str, Any]) -> str:
+def _picture_caption(row: dict[str, Any], inputs: Inputs) -> str:
     flag = f", QC flag {row['qc_flag']}" if isinstance(row.get("qc_flag"), str) else ""
     return (
         f"{row['case_id']} ({row['status']}): fused Dice {h.number(row['dice'])}, "
         f"volume {h.number(row['volume_pred_ml'], 2)} ml predicted / "
         f"{h.number(row['volume_true_ml'], 2)} ml true, plane agreement "
-        f"{h.number(row['agreement_dice'])}{flag}. Rows FLAIR and DWI; slices through the "
+        f"{h.number(row['agreement_dice'])}{flag}. Rows "
+        + " and ".join(name.upper() for name in shown_sequences(inputs.sequences, inputs.reference))
+        + "; slices through the "
         "voxel of truth ∪ prediction nearest its centre of mass; green outline ground truth, magenta prediction; "
         f"{figures.CONVENTION}; pixels drawn to scale from the voxel spacing."
     )
 
 
 def _case_pictures(
-    out: str, metrics: pd.DataFrame, cohort: str | None, max_cases: int, options: StorageOptions
+    seg: _Folder, metrics: pd.DataFrame, cohort: str | None, max_cases: int, options: StorageOptions
 ) -> tuple[list[str], set[str]]:
     """Figures of the worst cases (up to ``max_cases``) and the ids that got one."""
     ranked = _ranked_cases(metrics)
@@ -92,12 +123,13 @@ def _case_pictures(
     for row in rows:
         case_id = row["case_id"]
         try:
-            png = _picture(cases[case_id], row, out, options)
+            png = _picture(cases[case_id], row, seg, options)
         except Exception as err:  # noqa: BLE001 - one unreadable case must not stop the report
             logger.warning("no picture of case %s: %s", case_id, err)
             parts.append(h.note(f"{case_id}: no picture ({type(err).__name__}: {err})"))
             continue
-        parts.append(h.figure(png, f"case {case_id}", _picture_caption(row), f"case-{case_id}"))
+        caption = _picture_caption(row, seg.inputs)
+        parts.append(h.figure(png, f"case {case_id}", caption, f"case-{case_id}"))
         pictured.add(case_id)
     logger.info("drew %d case pictures", len(pictured))
     return parts, pictured
@@ -150,12 +182,16 @@ def case_sections(
     metrics: pd.DataFrame,
     cohort: str | None,
     *,
+    inputs: Inputs,
+    layout: str,
     max_cases: int,
     options: StorageOptions,
     label: str,
 ) -> str:
-    """QC scatter, sortable case table and case pictures of one segmentation folder."""
-    pictures, pictured = _case_pictures(out, metrics, cohort, max_cases, options)
+    """QC scatter, sortable case table and case pictures of one segmentation folder (whose
+    run read ``inputs`` and wrote masks in ``layout``)."""
+    seg = _Folder(out, inputs, layout)
+    pictures, pictured = _case_pictures(seg, metrics, cohort, max_cases, options)
     table = _case_table(metrics, pictured)
     intro = h.note(
         f"{label}. Click a column header to sort; case ids link to their picture "

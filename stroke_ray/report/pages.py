@@ -35,7 +35,8 @@ from stroke_ray.outputs import POOLED_RATIOS, source_order, source_summary, summ
 from stroke_ray.report import figures
 from stroke_ray.report import html as h
 from stroke_ray.report.cases import case_sections
-from stroke_ray.runs import history_uri, run_json_uri
+from stroke_ray.runs import history_uri, run_inputs, run_json_uri
+from stroke_ray.volumes import Inputs
 
 __all__ = ["ReportError", "Segmentation", "load_segmentation", "tl_or_scratch", "write_report"]
 
@@ -155,9 +156,16 @@ def _status_text(metrics: pd.DataFrame) -> str:
     )
 
 
+def _describe_inputs(inputs: Inputs) -> str:
+    """The run's input sequences, reference grid and resampling, in words."""
+    grid = "others resampled onto it" if inputs.resample else "others on its grid"
+    return f"{', '.join(inputs.sequences)} (reference {inputs.reference}, {grid})"
+
+
 def _segmentation_page(out: str, max_cases: int, options: StorageOptions) -> str:
     seg = load_segmentation(out, options)
     settings, run = seg.settings, seg.run
+    inputs = run_inputs(run)
     run_id = settings.get("run_id") or run.get("run_id") or "unknown run"
     best = ", ".join(f"{p} {v['val_dice']:.3f}" for p, v in run.get("planes", {}).items())
     overview = {
@@ -167,6 +175,7 @@ def _segmentation_page(out: str, max_cases: int, options: StorageOptions) -> str
         "fusion": settings.get("fusion", "unknown"),
         "test-time augmentation": settings.get("tta", "unknown"),
         "encoder": run.get("model", {}).get("encoder_name", "unknown"),
+        "sequences": _describe_inputs(inputs),
         "pretrained weights": _describe_weights(run.get("config", {}).get("weights")),
         "best validation Dice": best or "unknown",
         "cases": _status_text(seg.metrics),
@@ -186,6 +195,8 @@ def _segmentation_page(out: str, max_cases: int, options: StorageOptions) -> str
             out,
             seg.metrics,
             settings.get("cohort"),
+            inputs=inputs,
+            layout=settings.get("layout", "flat"),
             max_cases=max_cases,
             options=options,
             label=f"Run {run_id}, {overview['fusion']} fusion",
@@ -294,6 +305,8 @@ def _experiment_page(out: str, max_cases: int, options: StorageOptions) -> str:
             seg.out,
             seg.metrics,
             seg.settings.get("cohort"),
+            inputs=run_inputs(seg.run),
+            layout=seg.settings.get("layout", "flat"),
             max_cases=max_cases,
             options=options,
             label=f"Cases of {_arm_label(chosen, several_folds)}, {fusion} fusion",
