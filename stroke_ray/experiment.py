@@ -19,6 +19,7 @@ EXP_DIR/
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from collections import Counter
 from dataclasses import replace
@@ -35,7 +36,16 @@ from stroke_ray.config import (
     public_dict,
     weights_label,
 )
-from stroke_ray.io import absolute_uri, join_uri, write_bytes_atomic, write_json, write_parquet
+from stroke_ray.fingerprint import ensure_same_definition
+from stroke_ray.io import (
+    absolute_uri,
+    exists,
+    join_uri,
+    read_bytes,
+    write_bytes_atomic,
+    write_json,
+    write_parquet,
+)
 from stroke_ray.outputs import grouped_summary
 from stroke_ray.qc import dice_agreement_correlation
 from stroke_ray.segment import segment
@@ -154,6 +164,25 @@ def undefined_distances(frame: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
     return misses
 
 
+def _fold_uri(out: str, fold: int, part: str) -> str:
+    return join_uri(out, "folds", f"fold{fold}", f"{part}.csv")
+
+
+def _check_folds(out: str, folds: list[dict[str, list[str]]], options) -> None:
+    """An experiment folder whose fold manifests hold other cases stops here (its models
+    were trained on another split: reusing them could leak test cases into training)."""
+    recorded, requested = {}, {}
+    for fold, split in enumerate(folds):
+        for part in ("train", "test"):
+            uri = _fold_uri(out, fold, part)
+            if exists(uri, options):
+                written = pd.read_csv(io.BytesIO(read_bytes(uri, options)), dtype=str)
+                recorded[f"split fold{fold} {part}"] = sorted(written["case_id"])
+                requested[f"split fold{fold} {part}"] = sorted(split[part])
+    if recorded:
+        ensure_same_definition(out, recorded, requested, "--restart")
+
+
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Run every arm of the protocol and write the tables; return experiment.json's content."""
     training = config.training or TrainConfig(cohort=config.cohort, out=config.out)
@@ -162,13 +191,15 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     cases = load_cohort(config.cohort, options)
     by_id = {case.case_id: case for case in cases}
     folds = _folds(config, sorted(by_id))
+    if not training.restart:
+        _check_folds(config.out, folds, options)
     labels = arm_labels(tuple(config.weights))
     arms, frames = [], []
     for fold, split in enumerate(folds):
         manifests = {
             part: write_manifest(
                 [by_id[c] for c in split[part]],
-                join_uri(config.out, "folds", f"fold{fold}", f"{part}.csv"),
+                _fold_uri(config.out, fold, part),
                 options,
             )
             for part in ("train", "test")

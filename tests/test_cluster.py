@@ -23,19 +23,17 @@ from helpers import TINY_MODEL
 
 pytestmark = pytest.mark.slow
 
-_LOOPBACK = "127.0.0.1"
-
 
 @pytest.fixture
 def cluster():
-    """A head with no CPUs and two 2-CPU worker nodes, all on 127.0.0.1."""
+    """A head with no CPUs and two 2-CPU worker nodes on this machine."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "node_ip_address": _LOOPBACK},
+        head_node_args={"num_cpus": 0, "include_dashboard": False},
     )
-    workers = [cluster.add_node(num_cpus=2, node_ip_address=_LOOPBACK) for _ in range(2)]
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
     yield cluster, workers
     cluster.shutdown()

@@ -152,8 +152,15 @@ def test_experiment_rerun_with_another_split_refuses_the_old_models(
         test_fraction=0.4, training=training,
     )  # fmt: skip
     run_experiment(config)
-    with pytest.raises(DefinitionMismatchError, match="split"):
+    models = sorted((tmp_path / "exp" / "runs").rglob("*.pt"))
+    written = [path.stat().st_mtime_ns for path in models]
+    with pytest.raises(DefinitionMismatchError, match="split fold0 test"):
+        run_experiment(replace(config, test_fraction=0.6))
+    with pytest.raises(DefinitionMismatchError, match="split fold0"):
         run_experiment(replace(config, training=replace(training, seed=5)))
+    with pytest.raises(DefinitionMismatchError, match="lr"):  # same split, other schedule
+        run_experiment(replace(config, training=replace(training, lr=0.01)))
+    assert [path.stat().st_mtime_ns for path in models] == written and models
 
 
 def test_quickstart_reports_held_out_cases_apart(ray_local, tmp_path, capsys):

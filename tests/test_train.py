@@ -171,11 +171,12 @@ def test_case_failing_in_a_worker_is_named_not_dropped(tmp_path, broken):
     from helpers import write_case
 
     from stroke_ray.train import _load_slices
+    from stroke_ray.volumes import Inputs
 
     good = write_case(tmp_path, "good", seed=1)
     bad = write_case(tmp_path, "bad", seed=2)
     Path(bad.label if broken == "label" else bad.images[broken]).write_bytes(b"broken")
-    slices, failed = _load_slices([good.to_dict(), bad.to_dict()], None, "axial")
+    slices, failed = _load_slices([good.to_dict(), bad.to_dict()], None, "axial", Inputs())
     assert list(failed) == ["bad"] and broken in failed["bad"]
     assert len(slices) > 0 and len(slices.images) == 1
 
