@@ -10,7 +10,8 @@ EXP_DIR/
   experiment.json                  protocol, folds, arms (weights × fold → run and segment folders)
   folds/fold<k>/{train,test}.csv   the case split (absolute paths/URIs)
   runs/<weights>/fold<k>/          training runs
-  segment/<weights>/fold<k>/       segmentation outputs (fused = majority; fused_weighted, fused_soft rows)
+  segment/<weights>/fold<k>/       segmentation outputs (fused = the default fusion; fused_<mode> rows
+                                   for the other modes)
   metrics.parquet                  every row of every arm, with columns weights, fold
   table.csv, table.md              the paper-style table (mean ± sd over cases, pooled from counts)
 ```
@@ -28,6 +29,7 @@ import pandas as pd
 
 from stroke_ray.cohort import Case, cases_to_frame, load_cohort
 from stroke_ray.config import (
+    FUSION_MODES,
     ExperimentConfig,
     SegmentConfig,
     TrainConfig,
@@ -95,8 +97,8 @@ def _run_arm(
             cohort=manifests["test"],
             model=run_dir,
             out=seg_dir,
-            fusion="majority",
-            extra_fusions=("weighted", "soft"),
+            fusion=SegmentConfig.fusion,
+            extra_fusions=tuple(m for m in FUSION_MODES if m != SegmentConfig.fusion),
             use_gpu=training.use_gpu,
             overwrite=training.restart,
             storage_options=training.storage_options,
@@ -109,7 +111,7 @@ def _run_arm(
         "fold": fold,
         "run_dir": run_dir,
         "segment_dir": seg_dir,
-        "segment_dirs": {"majority": seg_dir, "weighted": seg_dir, "soft": seg_dir},
+        "segment_dirs": {mode: seg_dir for mode in FUSION_MODES},
         "rows": frame.assign(weights=label, fold=fold),
     }
 

@@ -100,14 +100,17 @@ def _options(options_ref: Any) -> StorageOptions:
     return ray.get(options_ref) if options_ref is not None else None
 
 
-def read_stage(row: dict[str, Any], options_ref: Any = None) -> dict[str, Any]:
-    """Stage 1 (tasks): read, validate and prepare one case; a case row in, a work row out."""
+def read_stage(
+    row: dict[str, Any], options_ref: Any = None, spacing_mm: list[float] | None = None
+) -> dict[str, Any]:
+    """Stage 1 (tasks): read, validate and prepare one case (resampled to the run's
+    ``spacing_mm``, if any); a case row in, a work row out."""
     started = time.perf_counter()
     case = Case.from_dict(row)
     work = CaseWork(case_id=case.case_id)
     try:
         volumes = read_case(case, _options(options_ref))
-        work.prepared = prepare(volumes)
+        work.prepared = prepare(volumes, spacing_mm)
         work.header = volumes.header
         work.spacing_mm = volumes.spacing_mm
         work.label = None if volumes.label is None else np.packbits(volumes.label)
@@ -258,7 +261,7 @@ def _plane_weights(config: SegmentConfig, run: dict[str, Any]) -> dict[str, floa
 
 def segment_definition(config: SegmentConfig, run: dict[str, Any]) -> dict[str, Any]:
     """What defines a segmentation folder's masks: the run and the fusion settings."""
-    return {
+    definition = {
         "model": config.model,
         "run_definition": run.get("definition"),
         "planes": sorted(run["planes"]),
@@ -268,6 +271,9 @@ def segment_definition(config: SegmentConfig, run: dict[str, Any]) -> dict[str, 
         "tta": config.tta,
         "precision": config.precision,
     }
+    if config.min_lesion_ml:  # absent = 0, as in folders written before the option existed
+        definition["min_lesion_ml"] = float(config.min_lesion_ml)
+    return definition
 
 
 def _warnings(run: dict[str, Any]) -> list[str]:
@@ -280,7 +286,9 @@ def _warnings(run: dict[str, Any]) -> list[str]:
     ]
 
 
-def _prepare_out(config: SegmentConfig, run: dict[str, Any]) -> set[str]:
+def _prepare_out(
+    config: SegmentConfig, run: dict[str, Any], notes: dict[str, Any] | None = None
+) -> set[str]:
     """Check and record what defines OUT; return the cases already finished there."""
     options = config.storage_options
     definition = segment_definition(config, run)
@@ -297,9 +305,21 @@ def _prepare_out(config: SegmentConfig, run: dict[str, Any]) -> set[str]:
         "planes": list(run["planes"]),
         "definition": definition,
         "warnings": warnings,
+        **(notes or {}),
     }
     write_json(record, settings_uri, options)
     return set() if config.overwrite else finished_cases(config.out, options)
+
+
+def min_lesion_ml(config: SegmentConfig, run: dict[str, Any]) -> tuple[float, str]:
+    """The minimum fused lesion size in ml and where it comes from: ``--min-lesion-ml`` if
+    given, else the run's suggestion for the fusion mode (stroke_ray.validation), else 0."""
+    if config.min_lesion_ml is not None:
+        return float(config.min_lesion_ml), "--min-lesion-ml"
+    suggested = run.get("suggested_min_lesion_ml") or {}
+    if config.fusion in suggested:
+        return float(suggested[config.fusion]), "run.json suggested_min_lesion_ml (validation)"
+    return 0.0, "default (the run suggests none)"
 
 
 def segment(config: SegmentConfig, progress=None) -> tuple[Any, dict[str, Any]]:
@@ -310,7 +330,9 @@ def segment(config: SegmentConfig, progress=None) -> tuple[Any, dict[str, Any]]:
     options = config.storage_options
     cases = load_cohort(config.cohort, options)
     run = finished_run(config.model, options)
-    done = _prepare_out(config, run)
+    size_ml, size_from = min_lesion_ml(config, run)
+    config = replace(config, min_lesion_ml=size_ml)
+    done = _prepare_out(config, run, {"min_lesion_ml_from": size_from})
     todo = [case for case in cases if case.case_id not in done]
     logger.info(
         "%d cases, %d already finished, %d to segment",
@@ -333,6 +355,7 @@ def _run_pipeline(config: SegmentConfig, run: dict[str, Any], todo: list[Case], 
             plane_weights=_plane_weights(config, run),
             extra_fusions=tuple(config.extra_fusions),
             save_planes=config.save_planes,
+            min_lesion_ml=config.min_lesion_ml or 0.0,
         ),
     )
     gpus = (config.gpus_per_actor or 1.0) if config.use_gpu else 0
@@ -342,7 +365,11 @@ def _run_pipeline(config: SegmentConfig, run: dict[str, Any], todo: list[Case], 
     # read and write are light tasks (0.25 CPU) kept apart from the model actors (1 CPU):
     # different resources stop Ray Data from fusing reading into the actor, so a case is
     # read while the previous one is predicted
-    dataset = dataset.map(read_stage, fn_kwargs={"options_ref": options_ref}, num_cpus=0.25)
+    dataset = dataset.map(
+        read_stage,
+        fn_kwargs={"options_ref": options_ref, "spacing_mm": run.get("spacing_mm")},
+        num_cpus=0.25,
+    )
     dataset = dataset.map(
         PlanePredictor,
         fn_constructor_args=(config.model, run),
