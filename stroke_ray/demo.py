@@ -1,250 +1,83 @@
-"""Synthetic multi-sequence ischemic stroke MRI cohort (T1, T2, FLAIR, DWI + lesion label)."""
+"""Synthetic stroke MRI cohorts, written in the layouts real cohorts come in.
+
+Each case is a :mod:`stroke_ray.phantom` head (lesions of several stages beside look-alikes
+that are not lesion), deterministic in ``(seed, case index)``. Layouts:
+
+- ``manifest``: ``<case>/<case>_<seq>.nii.gz`` and ``manifest.csv`` (case_id, one column per
+  sequence, label);
+- ``bids``: ISLES'22, ``sub-strokecase0001/ses-0001/{anat,dwi}/…_{FLAIR,dwi,adc}.nii.gz`` with
+  masks in ``derivatives/sub-…/ses-…/…_msk.nii.gz``; anatomical images (FLAIR, T1w, T2w) lie on
+  a grid of their own and are not registered to DWI (the head moved 1-2 mm between them);
+- ``bids-flat``: the older ISLES'22 release, flat under ``rawdata/sub-…/ses-…/`` with lowercase
+  suffixes (``_flair``, ``_dwi``, ``_adc``), the same grids and masks;
+- ``atlas``: ATLAS R2.0, ``sub-r001s001/ses-1/anat/…_space-MNI152NLin2009aSym_T1w.nii.gz`` with
+  ``…_label-L_desc-T1lesion_mask.nii.gz`` (T1w only);
+- ``nnunet``: nnU-Net raw, ``imagesTr/{CASE}_{XXXX}.nii.gz``, ``labelsTr/{CASE}.nii.gz`` and
+  ``dataset.json``;
+- ``isles15``: ISLES 2015 SISS, ``<n>/VSD.Brain.XX.O.MR_<seq>.<id>/….nii`` and ``…OT…`` labels.
+
+A share of the cases (``thick_fraction``) is written with thick slices: the head is rendered at
+the fine grid and slabs of slices are averaged along z (partial volume); the label is the slab
+majority and the affine carries the slab thickness.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy.ndimage import gaussian_filter
-from scipy.special import expit
 
-from stroke_ray.cohort import MANIFEST_COLUMNS, SEQUENCES
+from stroke_ray import __version__
+from stroke_ray.cohort import SEQUENCES
+from stroke_ray.phantom import SEQUENCE_NAMES, Grid, draw_phantom, rasterise, render
 
-__all__ = ["generate_cohort", "synth_case"]
+__all__ = ["LAYOUTS", "SEQUENCE_NAMES", "layout_sequences", "generate_cohort", "synth_case"]
 
 logger = logging.getLogger(__name__)
 
-
-# Brain semi-axes as fractions of the half field of view along x, y, z (RAS voxel axes).
-_BRAIN_SEMI_AXES_FOV = np.array([0.72, 0.82, 0.84])
-# Tissue intensities (CSF, GM, WM) before the per-sequence scale.
-_TISSUE_INTENSITY = {
-    "t1": np.array([0.22, 0.52, 0.85], dtype=np.float32),
-    "t2": np.array([1.00, 0.66, 0.42], dtype=np.float32),
-    "flair": np.array([0.10, 0.66, 0.45], dtype=np.float32),
-    "dwi": np.array([0.42, 0.56, 0.52], dtype=np.float32),
+LAYOUTS: tuple[str, ...] = ("manifest", "bids", "bids-flat", "atlas", "nnunet", "isles15")
+# The sequences a layout holds when none are asked for: the paper's four, or the dataset's own.
+_LAYOUT_SEQUENCES = {
+    "manifest": SEQUENCES,
+    "bids": ("dwi", "adc", "flair"),
+    "bids-flat": ("dwi", "adc", "flair"),
+    "atlas": ("t1",),
+    "nnunet": SEQUENCES,
+    "isles15": SEQUENCES,
 }
-# Relative intensity change inside a lesion of strength 1.
-_LESION_CONTRAST = {"t1": -0.30, "t2": 0.45, "flair": 0.55, "dwi": 1.40}
-# Scanner-like scale of each sequence (varied by +-20 % per case).
-_SEQUENCE_SCALE = {"t1": 600.0, "t2": 900.0, "flair": 400.0, "dwi": 300.0}
-# Rician noise sigma as a fraction of the white-matter intensity.
-_NOISE_FRACTION = {"t1": 0.025, "t2": 0.03, "flair": 0.035, "dwi": 0.05}
-_MAX_ROTATION_DEG = 5.0
-_CSF, _WM = 0, 2  # tissue indices in _Anatomy.fractions (GM is 1)
+_BIDS_LAYOUTS = ("bids", "bids-flat")
+_ANATOMICAL = ("t1", "t2", "flair")  # BIDS ``anat``: on a grid of their own
+_BIDS_SUFFIX = {"t1": "T1w", "t2": "T2w", "flair": "FLAIR", "dwi": "dwi", "adc": "adc"}
+_NNUNET_CHANNEL = {"t1": "T1", "t2": "T2", "flair": "FLAIR", "dwi": "DWI", "adc": "ADC"}
+_ISLES15_TAG = {"t1": "MR_T1", "t2": "MR_T2", "flair": "MR_Flair", "dwi": "MR_DWI"}
+_ATLAS_SPACE = "space-MNI152NLin2009aSym"
+_MOTION_MM = (1.0, 2.0)  # how far the head moves between the DWI and the anatomical scans
 
 
-@dataclass
-class _Anatomy:
-    """Tissue fractions (CSF, GM, WM) and masks of one synthetic head."""
-
-    fractions: np.ndarray  # (3, *shape) float32, sums to 1 inside the brain
-    brain: np.ndarray  # bool
-    lesion_candidates: np.ndarray  # bool: deep-enough GM/WM away from the ventricles
-    brain_radius_vox: float
-
-
-def _smooth_noise(
-    rng: np.random.Generator, shape: tuple[int, ...], knots: tuple[int, int, int]
-) -> np.ndarray:
-    """Return a smooth random field of unit std (separable Gaussian-RBF expansion)."""
-    bases = []
-    for n, k in zip(shape, knots, strict=True):
-        centres = np.linspace(-0.15, 1.15, k)
-        width = (centres[1] - centres[0]) if k > 1 else 1.0
-        pos = (np.arange(n) + 0.5) / n
-        bases.append(np.exp(-0.5 * ((pos[:, None] - centres[None, :]) / width) ** 2))
-    coeff = rng.standard_normal(knots)
-    field = np.tensordot(bases[0], coeff, axes=(1, 0))  # (nx, ky, kz)
-    field = np.tensordot(field, bases[1], axes=(1, 1))  # (nx, kz, ny)
-    field = np.tensordot(field.astype(np.float32), bases[2].astype(np.float32), axes=(1, 1))
-    field -= field.mean()
-    return field / max(float(field.std()), 1e-6)
-
-
-def _rotation_matrix(angles_rad: np.ndarray) -> np.ndarray:
-    """Return the rotation matrix Rz @ Ry @ Rx for angles (x, y, z) in radians."""
-    cx, cy, cz = np.cos(angles_rad)
-    sx, sy, sz = np.sin(angles_rad)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _head_coordinates(
-    rng: np.random.Generator, shape: tuple[int, int, int]
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Return brain-normalised coordinates (unit ball = brain) after random pose and scale."""
-    semi_axes_vox = _BRAIN_SEMI_AXES_FOV * np.asarray(shape) / 2 * rng.uniform(0.92, 1.05, 3)
-    centre_vox = (np.asarray(shape) - 1) / 2 + rng.uniform(-0.02, 0.02, 3) * np.asarray(shape)
-    rotation = _rotation_matrix(np.deg2rad(rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG, 3)))
-    offsets = [
-        (np.arange(n) - c).astype(np.float32).reshape([-1 if a == i else 1 for a in range(3)])
-        for i, (n, c) in enumerate(zip(shape, centre_vox, strict=True))
-    ]
-    coords = []
-    for row, semi in zip(rotation.T, semi_axes_vox, strict=True):
-        rotated = offsets[0] * np.float32(row[0]) + offsets[1] * np.float32(row[1])
-        coords.append((rotated + offsets[2] * np.float32(row[2])) / np.float32(semi))
-    return coords, semi_axes_vox
-
-
-def _soft_ellipsoid(
-    coords: list[np.ndarray], centre: tuple[float, ...], semi: np.ndarray, tau: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return (soft membership, normalised radius) of an ellipsoid in brain coordinates."""
-    q = np.sqrt(
-        sum(((c - float(m)) / float(s)) ** 2 for c, m, s in zip(coords, centre, semi, strict=True))
-    )
-    return expit((1 - q) * np.float32(semi.min() / tau)), q
-
-
-def _synth_anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> _Anatomy:
-    """Return the tissue fractions of a random, slightly rotated and deformed brain."""
-    (px, py, pz), semi_axes_vox = _head_coordinates(rng, shape)
-    radius_vox = float(semi_axes_vox.mean())
-    tau = np.float32(0.5 / radius_vox)  # half a voxel in brain-normalised units
-
-    # Egg-shaped brain: narrower frontally, flatter inferiorly; smooth surface deformation.
-    px_shaped = px / (1 - np.float32(0.08) * py)
-    pz_shaped = np.where(pz < 0, pz / np.float32(0.9), pz)
-    deform = 1 + np.float32(rng.uniform(0.03, 0.05)) * _smooth_noise(rng, shape, (5, 5, 5))
-    rb = np.sqrt(px_shaped**2 + py**2 + pz_shaped**2) / deform
-    brain = rb < 1
-
-    # Cortex: CSF/GM and GM/WM boundaries folded together along the zero sheets of a smooth
-    # noise field, so that sulci are V-shaped CSF clefts lined by a grey-matter ribbon.
-    fold = np.exp(-((_smooth_noise(rng, shape, (20, 24, 18)) / np.float32(0.3)) ** 2))
-    rf = rb + np.float32(rng.uniform(0.12, 0.16)) * fold
-    ribbon_inner = np.float32(rng.uniform(0.74, 0.78)) + np.float32(0.02) * _smooth_noise(
-        rng, shape, (8, 8, 6)
-    )
-    gm = expit((rf - ribbon_inner) / tau)
-
-    # Deep grey matter (basal ganglia / thalami) lateral to the ventricles.
-    deep_semi = np.array([0.13, 0.22, 0.13]) * rng.uniform(0.9, 1.1)
-    for side in (-1.0, 1.0):
-        deep, _ = _soft_ellipsoid([px, py, pz], (0.22 * side, -0.02, 0.0), deep_semi, tau)
-        gm = np.maximum(gm, deep)
-
-    # CSF: outer rim and sulci, lateral ventricles and the interhemispheric fissure.
-    vent_semi = np.array([0.07, 0.32, 0.12]) * rng.uniform(0.8, 1.5)
-    vent_centre_y = rng.uniform(-0.02, 0.08)
-    csf = expit((rf - np.float32(rng.uniform(0.965, 0.98))) / tau)
-    vent_radius = np.full(shape, np.inf, dtype=np.float32)
-    for side in (-1.0, 1.0):
-        vent, q = _soft_ellipsoid([px, py, pz], (0.11 * side, vent_centre_y, 0.12), vent_semi, tau)
-        csf = np.maximum(csf, vent)
-        vent_radius = np.minimum(vent_radius, q)
-    fissure = expit((np.float32(0.02) - np.abs(px)) / tau) * expit((pz - np.float32(0.3)) / tau)
-    csf = np.maximum(csf, fissure)
-
-    fractions = np.stack([csf, gm * (1 - csf), (1 - gm) * (1 - csf)]).astype(np.float32)
-    tissue = np.argmax(fractions, axis=0)
-    candidates = brain & (tissue != _CSF) & (rb < 0.93) & (vent_radius > 1.4)
-    return _Anatomy(fractions, brain, candidates, radius_vox)
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """Return a uniformly random 3D rotation matrix."""
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    return q * np.sign(np.diag(r))
-
-
-def _lesion_blob(
-    rng: np.random.Generator, size: tuple[int, int, int], centre: np.ndarray, radius_vox: float
-) -> np.ndarray:
-    """Return an irregular blob (union of ellipsoids with a noisy border) in a box."""
-    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in size], indexing="ij"))
-    field = np.full(size, -np.inf, dtype=np.float32)
-    for i in range(int(rng.integers(1, 5))):
-        offset = 0.0 if i == 0 else rng.uniform(-0.7, 0.7, 3) * radius_vox
-        sub_radius = radius_vox * (1.0 if i == 0 else rng.uniform(0.4, 0.8))
-        semi = sub_radius * rng.uniform(0.6, 1.4, 3)
-        local = np.tensordot(
-            _random_rotation(rng).T.astype(np.float32),
-            grid - (centre + offset).astype(np.float32)[:, None, None, None],
-            axes=1,
+def layout_sequences(layout: str, sequences: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The sequences a cohort of ``layout`` holds (``None``: the layout's own set); checked."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {list(LAYOUTS)}")
+    chosen = tuple(_LAYOUT_SEQUENCES[layout] if sequences is None else sequences)
+    unknown = [seq for seq in chosen if seq not in SEQUENCE_NAMES]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(
+            f"sequences {list(chosen)}: give distinct names from {list(SEQUENCE_NAMES)}"
         )
-        q = sum((local[a] / np.float32(semi[a])) ** 2 for a in range(3))
-        field = np.maximum(field, 1 - q)
-    return field + np.float32(0.3) * _smooth_noise(rng, size, (4, 4, 4)) > 0
-
-
-def _pick_lesion_centre(
-    rng: np.random.Generator,
-    candidates_xyz: np.ndarray,
-    midline_x: float,
-    taken: list[tuple[np.ndarray, int]],
-    half: int,
-) -> np.ndarray:
-    """Return a random candidate voxel, preferring one whose box misses earlier lesion boxes."""
-    side = rng.choice([-1, 1])  # hemisphere: x below or above the midline
-    in_side = candidates_xyz[(candidates_xyz[:, 0] - midline_x) * side > 0]
-    pool = in_side if len(in_side) else candidates_xyz
-    for centre, other_half in taken:
-        apart = np.abs(pool - centre).max(axis=1) > half + other_half + 1
-        if apart.any():
-            pool = pool[apart]
-    return pool[rng.integers(len(pool))]
-
-
-def _add_lesions(
-    rng: np.random.Generator, anatomy: _Anatomy, lesion_count: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return (binary label, lesion strength map) with `lesion_count` separate lesions."""
-    shape = anatomy.brain.shape
-    tissue_ok = anatomy.fractions[_CSF] < 0.5
-    label = np.zeros(shape, dtype=bool)
-    strength = np.zeros(shape, dtype=np.float32)
-    taken: list[tuple[np.ndarray, int]] = []
-    candidates_xyz = np.argwhere(anatomy.lesion_candidates)
-    midline_x = shape[0] / 2
-    min_radius_vox = 1.5
-    max_radius_vox = max(0.22 * anatomy.brain_radius_vox, min_radius_vox)
-    for _ in range(lesion_count):
-        radius_vox = math.exp(rng.uniform(math.log(min_radius_vox), math.log(max_radius_vox)))
-        half = math.ceil(2.2 * radius_vox) + 1
-        centre = _pick_lesion_centre(rng, candidates_xyz, midline_x, taken, half)
-        taken.append((centre, half))
-        lo = np.maximum(centre - half, 0)
-        hi = np.minimum(centre + half + 1, shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        size = tuple(int(n) for n in hi - lo)
-        blob = (
-            _lesion_blob(rng, size, (centre - lo).astype(np.float32), radius_vox) & tissue_ok[box]
-        )
-        blob[tuple(centre - lo)] = True
-        texture = 1 + np.float32(0.15) * _smooth_noise(rng, size, (3, 3, 3))
-        lesion_strength = np.float32(rng.uniform(0.6, 1.0)) * texture
-        label[box] |= blob
-        strength[box] = np.where(blob, np.maximum(strength[box], lesion_strength), strength[box])
-    return label, strength
-
-
-def _render_sequence(
-    rng: np.random.Generator, seq: str, anatomy: _Anatomy, lesion_map: np.ndarray | None
-) -> np.ndarray:
-    """Return one skull-stripped sequence with lesion contrast, bias field and Rician noise."""
-    shape = anatomy.brain.shape
-    intensity = np.tensordot(_TISSUE_INTENSITY[seq], anatomy.fractions, axes=1)
-    if lesion_map is not None:
-        intensity *= 1 + np.float32(_LESION_CONTRAST[seq]) * lesion_map
-    bias = np.exp(np.float32(rng.uniform(0.08, 0.15)) * _smooth_noise(rng, shape, (3, 3, 3)))
-    scale = np.float32(_SEQUENCE_SCALE[seq] * rng.uniform(0.8, 1.2))
-    signal = intensity * bias * scale
-    sigma = np.float32(_NOISE_FRACTION[seq]) * _TISSUE_INTENSITY[seq][_WM] * scale
-    real = signal + sigma * rng.standard_normal(shape, dtype=np.float32)
-    imag = sigma * rng.standard_normal(shape, dtype=np.float32)
-    return np.where(anatomy.brain, np.sqrt(real**2 + imag**2), np.float32(0)).astype(np.float32)
+    if layout == "atlas" and chosen != ("t1",):
+        raise ValueError(f"the atlas layout (ATLAS R2.0) holds T1w only, not {list(chosen)}")
+    if layout == "isles15" and "adc" in chosen:
+        raise ValueError("the isles15 layout (ISLES 2015 SISS) has no ADC map")
+    return chosen
 
 
 def synth_case(
@@ -253,16 +86,11 @@ def synth_case(
     spacing_mm: float,
     *,
     lesion_count: int,
+    sequences: Sequence[str] = SEQUENCES,
 ) -> dict[str, np.ndarray]:
-    """Return one synthetic case: t1, t2, flair, dwi (float32) and label (uint8), RAS axes."""
-    del spacing_mm  # geometry is defined relative to the shape; spacing only enters the affine
-    shape = tuple(int(n) for n in shape)
-    anatomy = _synth_anatomy(rng, shape)
-    label, strength = _add_lesions(rng, anatomy, lesion_count)
-    lesion_map = gaussian_filter(strength, sigma=0.6) if lesion_count else None
-    case = {seq: _render_sequence(rng, seq, anatomy, lesion_map) for seq in SEQUENCES}
-    case["label"] = (label & anatomy.brain).astype(np.uint8)
-    return case
+    """One case on the centred isotropic grid: each sequence (float32) and the label (uint8)."""
+    phantom, scene = draw_phantom(rng, Grid.centred(shape, spacing_mm), lesion_count=lesion_count)
+    return render(phantom, scene, sequences, int(rng.integers(2**31)))
 
 
 def _case_lesion_count(rng: np.random.Generator, case_index: int) -> int:
@@ -274,15 +102,77 @@ def _case_lesion_count(rng: np.random.Generator, case_index: int) -> int:
     return int(rng.integers(1, 4))
 
 
-def _centred_affine(shape: tuple[int, int, int], spacing_mm: float) -> np.ndarray:
-    """Return the RAS affine with isotropic `spacing_mm` and the volume centre at world 0."""
-    affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
-    affine[:3, 3] = -spacing_mm * (np.asarray(shape) - 1) / 2
-    return affine
+def _is_thick(case_index: int, thick_fraction: float) -> bool:
+    """Whether a case has thick slices: ``thick_fraction`` of every run of cases, spread evenly."""
+    return math.floor((case_index + 1) * thick_fraction + 1e-9) > math.floor(
+        case_index * thick_fraction + 1e-9
+    )
+
+
+def _slab_factor(spacing_mm: float, slice_thickness_mm: float, slices: int) -> int:
+    """Fine slices per thick slice (at least 2; 1 when the volume is too thin for two slabs)."""
+    factor = max(2, round(slice_thickness_mm / spacing_mm))
+    return factor if slices >= 2 * factor else 1
+
+
+def _anatomical_grid(grid: Grid) -> Grid:
+    """The BIDS anatomical (FLAIR) grid: finer, down to 1 mm, over the same field of view."""
+    spacing = grid.spacing_mm[0]
+    anat_spacing = max(spacing * 2 / 3, min(spacing, 1.0))
+    shape = np.ceil(grid.fov_mm * np.array([1.0, 1.0, 1.1]) / anat_spacing).astype(int)
+    return Grid.centred(shape, anat_spacing)
+
+
+@dataclass(frozen=True)
+class _Naming:
+    """Where one case's files go in a layout (paths relative to the cohort root)."""
+
+    case_id: str
+    files: dict[str, str]  # sequence or "label" -> relative path
+
+
+def _naming(layout: str, case_index: int, sequences: Sequence[str]) -> _Naming:
+    number = case_index + 1
+    if layout in _BIDS_LAYOUTS:
+        subject, session = f"sub-strokecase{number:04d}", "ses-0001"
+        stem = f"{subject}_{session}"
+        files = {}
+        for seq in sequences:
+            if layout == "bids":
+                datatype = "anat" if seq in _ANATOMICAL else "dwi"
+                files[seq] = f"{subject}/{session}/{datatype}/{stem}_{_BIDS_SUFFIX[seq]}.nii.gz"
+            else:
+                files[seq] = (
+                    f"rawdata/{subject}/{session}/{stem}_{_BIDS_SUFFIX[seq].lower()}.nii.gz"
+                )
+        files["label"] = f"derivatives/{subject}/{session}/{stem}_msk.nii.gz"
+        return _Naming(subject, files)
+    if layout == "atlas":
+        subject, session = f"sub-r{1 + case_index // 999:03d}s{1 + case_index % 999:03d}", "ses-1"
+        stem = f"{subject}/{session}/anat/{subject}_{session}_{_ATLAS_SPACE}"
+        return _Naming(
+            subject,
+            {"t1": f"{stem}_T1w.nii.gz", "label": f"{stem}_label-L_desc-T1lesion_mask.nii.gz"},
+        )
+    if layout == "isles15":
+        first_id = 70000 + 10 * case_index
+        tags = [_ISLES15_TAG[seq] for seq in sequences]
+        names = [f"VSD.Brain.XX.O.{tag}.{first_id + i}" for i, tag in enumerate(tags)]
+        names.append(f"VSD.Brain_3more.XX.O.OT.{first_id + len(tags)}")
+        keys = [*sequences, "label"]
+        files = {key: f"{number}/{name}/{name}.nii" for key, name in zip(keys, names, strict=True)}
+        return _Naming(str(number), files)
+    case_id = f"demo_{case_index:03d}"
+    if layout == "nnunet":
+        files = {seq: f"imagesTr/{case_id}_{i:04d}.nii.gz" for i, seq in enumerate(sequences)}
+        return _Naming(case_id, {**files, "label": f"labelsTr/{case_id}.nii.gz"})
+    keys = [*sequences, "label"]
+    return _Naming(case_id, {key: f"{case_id}/{case_id}_{key}.nii.gz" for key in keys})
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     """Write `array` as NIfTI-1 with qform and sform both set to `affine` (code 1, mm)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(array, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
@@ -296,21 +186,78 @@ def _write_case(
     case_index: int,
     shape: tuple[int, int, int],
     spacing_mm: float,
+    sequences: tuple[str, ...] = SEQUENCES,
+    layout: str = "manifest",
+    thick_fraction: float = 0.0,
+    slice_thickness_mm: float = 5.0,
 ) -> dict[str, str]:
-    """Write one demo case (deterministic in seed and index); return its manifest row."""
-    case_id = f"demo_{case_index:03d}"
+    """Write one case (deterministic in seed and index); return its manifest row."""
     rng = np.random.default_rng([seed, case_index])
     lesion_count = _case_lesion_count(rng, case_index)
-    case = synth_case(rng, shape, spacing_mm, lesion_count=lesion_count)
-    (out_dir / case_id).mkdir(exist_ok=True)
-    row = {"case_id": case_id}
-    affine = _centred_affine(shape, spacing_mm)
-    for key, array in case.items():
-        rel_path = f"{case_id}/{case_id}_{key}.nii.gz"
-        _save_nifti(array, affine, out_dir / rel_path)
-        row[key] = rel_path
-    logger.debug("wrote %s with %d lesion(s)", case_id, lesion_count)
-    return row
+    grid = Grid.centred(shape, spacing_mm)
+    phantom, scene = draw_phantom(rng, grid, lesion_count=lesion_count)
+    render_seed = int(rng.integers(2**31))
+    motion = rng.normal(size=3)
+    motion *= rng.uniform(*_MOTION_MM) / np.linalg.norm(motion)
+
+    own_grid = [seq for seq in sequences if layout in _BIDS_LAYOUTS and seq in _ANATOMICAL]
+    case_grid = [seq for seq in sequences if seq not in own_grid]
+    slab = 1
+    if _is_thick(case_index, thick_fraction):
+        slab = _slab_factor(spacing_mm, slice_thickness_mm, shape[2])
+    out_grid = grid.slabs(slab)[0] if slab > 1 else grid
+    images = render(phantom, scene, case_grid, render_seed, slab=slab)
+    affines = dict.fromkeys(images, out_grid.affine)
+    if own_grid:
+        anat_grid = _anatomical_grid(grid)
+        anat_scene = rasterise(phantom, anat_grid.moved(-motion))
+        anat = render(phantom, anat_scene, own_grid, render_seed)
+        del anat["label"]
+        images.update(anat)
+        affines.update(dict.fromkeys(anat, anat_grid.affine))
+
+    naming = _naming(layout, case_index, sequences)
+    for key, rel_path in naming.files.items():
+        _save_nifti(images[key], affines[key], out_dir / rel_path)
+    logger.debug("wrote %s: %s lesion(s), slab %d", naming.case_id, phantom.stages or "no", slab)
+    return {"case_id": naming.case_id, **naming.files}
+
+
+def _bids_description(name: str) -> dict:
+    return {
+        "Name": name,
+        "BIDSVersion": "1.8.0",
+        "DatasetType": "raw",
+        "GeneratedBy": [{"Name": "stroke-ray demo", "Version": __version__}],
+    }
+
+
+def _write_index(
+    out_dir: Path, layout: str, sequences: tuple[str, ...], rows: list[dict[str, str]]
+) -> Path:
+    """Write the layout's own index file; return what ``--cohort`` takes."""
+    if layout == "manifest":
+        manifest = out_dir / "manifest.csv"
+        with manifest.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["case_id", *sequences, "label"])
+            writer.writeheader()
+            writer.writerows(rows)
+        return manifest
+    if layout == "nnunet":
+        dataset = {
+            "name": "StrokeRayDemo",
+            "description": "synthetic ischemic stroke MRI (stroke-ray demo)",
+            "channel_names": {str(i): _NNUNET_CHANNEL[seq] for i, seq in enumerate(sequences)},
+            "labels": {"background": 0, "lesion": 1},
+            "numTraining": len(rows),
+            "file_ending": ".nii.gz",
+        }
+        (out_dir / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+    elif layout != "isles15":
+        title = "ATLAS R2.0" if layout == "atlas" else "ISLES'22"
+        description = _bids_description(f"stroke-ray synthetic {title}-style cohort")
+        (out_dir / "dataset_description.json").write_text(json.dumps(description, indent=2) + "\n")
+    return out_dir
 
 
 def generate_cohort(
@@ -321,29 +268,41 @@ def generate_cohort(
     spacing_mm: float = 3.0,
     seed: int = 0,
     workers: int = 1,
+    layout: str = "manifest",
+    sequences: Sequence[str] | None = None,
+    thick_fraction: float = 0.5,
+    slice_thickness_mm: float = 5.0,
 ) -> Path:
-    """Write a synthetic cohort and its manifest (``workers`` processes); return the manifest."""
+    """Write a synthetic cohort (``workers`` processes); return what ``--cohort`` takes.
+
+    That is the manifest for the ``manifest`` layout and the cohort folder otherwise.
+    ``shape`` and ``spacing_mm`` give the fine grid (the DWI grid in BIDS layouts);
+    ``thick_fraction`` of the cases get slices of about ``slice_thickness_mm`` (whole
+    multiples of ``spacing_mm``, at least two).
+    """
+    sequences = layout_sequences(layout, sequences)
+    if not 0.0 <= thick_fraction <= 1.0:
+        raise ValueError(f"thick_fraction {thick_fraction} is not between 0 and 1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shape = tuple(int(n) for n in shape)
+    shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
     start = time.perf_counter()
-    arguments = [(out_dir, seed, index, shape, spacing_mm) for index in range(n_cases)]
+    options = (sequences, layout, float(thick_fraction), float(slice_thickness_mm))
+    arguments = [(out_dir, seed, index, shape, spacing_mm, *options) for index in range(n_cases)]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             rows = list(pool.map(_write_case, *zip(*arguments, strict=True)))
     else:
         rows = [_write_case(*values) for values in arguments]
-    manifest = out_dir / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    cohort = _write_index(out_dir, layout, sequences, rows)
     logger.info(
-        "synthetic cohort: %d cases of %s at %.1f mm in %s (%.1f s)",
+        "synthetic %s cohort: %d cases of %s at %.1f mm (%s) in %s (%.1f s)",
+        layout,
         n_cases,
         shape,
         spacing_mm,
+        " ".join(sequences),
         out_dir,
         time.perf_counter() - start,
     )
-    return manifest
+    return cohort

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -11,7 +12,6 @@ import pytest
 from scipy import ndimage
 
 from stroke_ray import demo
-from stroke_ray.cohort import SEQUENCES
 
 SHAPE = (64, 64, 48)
 SPACING_MM = 3.0
@@ -22,7 +22,11 @@ N_CASES = 3
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Return the manifest of a small default-shape cohort."""
     return demo.generate_cohort(
-        tmp_path_factory.mktemp("cohort"), n_cases=N_CASES, shape=SHAPE, spacing_mm=SPACING_MM
+        tmp_path_factory.mktemp("cohort"),
+        n_cases=N_CASES,
+        shape=SHAPE,
+        spacing_mm=SPACING_MM,
+        thick_fraction=0.0,  # every case on the fine grid; thick slices are tested apart
     )
 
 
@@ -95,7 +99,7 @@ def test_cohort_is_deterministic_and_cases_do_not_depend_on_n_cases(
     def load(manifest: Path, case_id: str) -> np.ndarray:
         return nib.load(manifest.parent / case_id / f"{case_id}_dwi.nii.gz").get_fdata()
 
-    kwargs = {"shape": SHAPE, "spacing_mm": SPACING_MM}
+    kwargs = {"shape": SHAPE, "spacing_mm": SPACING_MM, "thick_fraction": 0.0}
     fewer = demo.generate_cohort(tmp_path / "fewer", n_cases=1, seed=0, **kwargs)
     reseeded = demo.generate_cohort(tmp_path / "reseeded", n_cases=1, seed=1, **kwargs)
     np.testing.assert_array_equal(load(fewer, "demo_000"), cases["demo_000"]["dwi"])
@@ -155,35 +159,243 @@ def test_t1_and_t2_have_opposite_tissue_contrast(
         assert correlation < -0.3
 
 
-def test_tissue_ordering_per_sequence() -> None:
-    rng = np.random.default_rng(11)
-    anatomy = demo._synth_anatomy(rng, SHAPE)
-    tissue = np.argmax(anatomy.fractions, axis=0)
-    pure = anatomy.brain & (anatomy.fractions.max(axis=0) > 0.8)
-    means = {}
-    for seq in SEQUENCES:
-        image = demo._render_sequence(rng, seq, anatomy, None)
-        means[seq] = [image[pure & (tissue == t)].mean() for t in range(3)]  # CSF, GM, WM
-    csf, gm, wm = means["t1"]
-    assert wm > gm > csf
-    csf, gm, wm = means["t2"]
-    assert csf > gm > wm
-    csf, gm, wm = means["flair"]
-    assert gm > wm > csf
-    assert max(means["dwi"]) / min(means["dwi"]) < 1.6
+# --------------------------------------------------------------------------- thick slices
 
 
-def test_lesion_contrast_signs_per_sequence() -> None:
-    rng = np.random.default_rng(21)
-    anatomy = demo._synth_anatomy(rng, SHAPE)
-    label, strength = demo._add_lesions(rng, anatomy, lesion_count=2)
-    ratio = {}
-    for seq in SEQUENCES:
-        # Same render seed: identical bias field and noise, only the lesion contrast differs.
-        with_lesion = demo._render_sequence(np.random.default_rng(1), seq, anatomy, strength)
-        without = demo._render_sequence(np.random.default_rng(1), seq, anatomy, None)
-        ratio[seq] = with_lesion[label].mean() / without[label].mean()
-    assert ratio["t1"] < 0.9
-    assert ratio["t2"] > 1.1
-    assert 1.1 < ratio["flair"] < ratio["dwi"]
-    assert ratio["dwi"] > 1.5
+@pytest.mark.parametrize(
+    ("fraction", "thick"),
+    [(0.0, []), (0.5, [1, 3, 5, 7]), (0.25, [3, 7]), (1.0, list(range(8)))],
+)
+def test_thick_fraction_picks_evenly_spread_cases(fraction: float, thick: list[int]) -> None:
+    assert [i for i in range(8) if demo._is_thick(i, fraction)] == thick
+
+
+def test_thick_case_averages_slabs_and_keeps_the_lesion(
+    tmp_path: Path, cases: dict[str, dict[str, np.ndarray]]
+) -> None:
+    manifest = demo.generate_cohort(
+        tmp_path, n_cases=1, shape=SHAPE, spacing_mm=SPACING_MM, thick_fraction=1.0
+    )
+    img = nib.load(manifest.parent / "demo_000" / "demo_000_label.nii.gz")
+    factor = 2  # round(5 mm / 3 mm)
+    assert img.shape == (*SHAPE[:2], SHAPE[2] // factor)
+    np.testing.assert_allclose(img.header.get_zooms(), (3.0, 3.0, 6.0))
+    np.testing.assert_allclose(img.header.get_qform(), img.header.get_sform(), atol=1e-5)
+    # Each thick voxel's centre is the mean of the centres of its fine slices.
+    fine_affine = nib.load(manifest.parent / "demo_000" / "demo_000_t1.nii.gz").affine
+    np.testing.assert_allclose(img.affine, fine_affine)
+    expected_z0 = -SPACING_MM * (SHAPE[2] - 1) / 2 + SPACING_MM * (factor - 1) / 2
+    assert img.affine[2, 3] == pytest.approx(expected_z0)
+    thick = np.asanyarray(img.dataobj).astype(bool)
+    fine = cases["demo_000"]["label"].astype(bool)
+    upsampled = np.repeat(thick, factor, axis=2)
+    dice = 2 * (upsampled & fine).sum() / (upsampled.sum() + fine.sum())
+    assert dice > 0.7
+    # Partial volume: the thick DWI is close to the mean of the fine slices.
+    dwi = nib.load(manifest.parent / "demo_000" / "demo_000_dwi.nii.gz").get_fdata()
+    fine_dwi = cases["demo_000"]["dwi"].reshape(*SHAPE[:2], -1, factor).mean(axis=-1)
+    brain = (dwi > 0) & (fine_dwi > 0)
+    assert np.corrcoef(dwi[brain], fine_dwi[brain])[0, 1] > 0.9
+
+
+# --------------------------------------------------------------------------- sequences
+
+
+def test_sequence_subset_in_order_and_the_same_images(
+    tmp_path: Path, cases: dict[str, dict[str, np.ndarray]]
+) -> None:
+    manifest = demo.generate_cohort(
+        tmp_path,
+        n_cases=1,
+        shape=SHAPE,
+        spacing_mm=SPACING_MM,
+        thick_fraction=0.0,
+        sequences=("dwi", "adc", "flair"),
+    )
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        row = next(reader)
+    assert reader.fieldnames == ["case_id", "dwi", "adc", "flair", "label"]
+    assert sorted(p.name for p in (tmp_path / "demo_000").iterdir()) == [
+        f"demo_000_{key}.nii.gz" for key in ("adc", "dwi", "flair", "label")
+    ]
+    # A sequence looks the same whichever others are written with it.
+    for key in ("dwi", "flair", "label"):
+        image = np.asanyarray(nib.load(manifest.parent / row[key]).dataobj)
+        np.testing.assert_array_equal(image, cases["demo_000"][key])
+    adc = np.asanyarray(nib.load(manifest.parent / row["adc"]).dataobj)
+    brain = _brain(cases["demo_000"])
+    np.testing.assert_array_equal(adc != 0, brain)
+    assert 500 < np.median(adc[brain]) < 1500  # 10^-6 mm²/s
+
+
+@pytest.mark.parametrize(
+    ("layout", "sequences", "message"),
+    [
+        ("atlas", ("t1", "flair"), "T1w only"),
+        ("isles15", ("dwi", "adc"), "no ADC"),
+        ("manifest", ("dwi", "swi"), "distinct names"),
+        ("manifest", ("dwi", "dwi"), "distinct names"),
+        ("bids2", None, "unknown layout"),
+    ],
+)
+def test_bad_layout_or_sequences_are_refused(
+    tmp_path: Path, layout: str, sequences: tuple[str, ...] | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        demo.generate_cohort(tmp_path, n_cases=1, layout=layout, sequences=sequences)
+    assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- layouts
+
+LAYOUT_SHAPE = (32, 32, 24)
+
+
+def _expected_files(layout: str) -> set[str]:
+    """The file tree of a two-case cohort with each layout's default sequences."""
+    if layout in ("bids", "bids-flat"):
+        files = {"dataset_description.json"}
+        for i in (1, 2):
+            sub = f"sub-strokecase{i:04d}"
+            stem = f"{sub}/ses-0001"
+            mask = f"derivatives/{stem}/{sub}_ses-0001_msk.nii.gz"
+            if layout == "bids":
+                images = [f"anat/{sub}_ses-0001_FLAIR", f"dwi/{sub}_ses-0001_dwi"]
+                images += [f"dwi/{sub}_ses-0001_adc"]
+                files |= {f"{stem}/{image}.nii.gz" for image in images}
+            else:
+                files |= {
+                    f"rawdata/{stem}/{sub}_ses-0001_{suffix}.nii.gz"
+                    for suffix in ("flair", "dwi", "adc")
+                }
+            files.add(mask)
+        return files
+    if layout == "atlas":
+        files = {"dataset_description.json"}
+        for i in (1, 2):
+            stem = f"sub-r001s{i:03d}/ses-1/anat/sub-r001s{i:03d}_ses-1_space-MNI152NLin2009aSym"
+            files |= {f"{stem}_T1w.nii.gz", f"{stem}_label-L_desc-T1lesion_mask.nii.gz"}
+        return files
+    if layout == "nnunet":
+        files = {"dataset.json"}
+        for case in ("demo_000", "demo_001"):
+            files |= {f"imagesTr/{case}_{c:04d}.nii.gz" for c in range(4)}
+            files.add(f"labelsTr/{case}.nii.gz")
+        return files
+    if layout == "isles15":
+        files = set()
+        for i, first in ((1, 70000), (2, 70010)):
+            tags = ["MR_T1", "MR_T2", "MR_Flair", "MR_DWI"]
+            names = [f"VSD.Brain.XX.O.{tag}.{first + n}" for n, tag in enumerate(tags)]
+            names.append(f"VSD.Brain_3more.XX.O.OT.{first + 4}")
+            files |= {f"{i}/{name}/{name}.nii" for name in names}
+        return files
+    keys = ("t1", "t2", "flair", "dwi", "label")
+    return {"manifest.csv"} | {f"demo_00{i}/demo_00{i}_{k}.nii.gz" for i in (0, 1) for k in keys}
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A two-case cohort in every layout (the second case with thick slices)."""
+    root = tmp_path_factory.mktemp("layouts")
+    return {
+        layout: demo.generate_cohort(
+            root / layout, n_cases=2, shape=LAYOUT_SHAPE, layout=layout, workers=1
+        )
+        for layout in demo.LAYOUTS
+    }
+
+
+@pytest.mark.parametrize("layout", demo.LAYOUTS)
+def test_layout_file_tree_and_returned_path(layouts: dict[str, Path], layout: str) -> None:
+    cohort = layouts[layout]
+    root = cohort.parent if layout == "manifest" else cohort
+    assert cohort == (root / "manifest.csv" if layout == "manifest" else root)
+    found = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    assert found == _expected_files(layout)
+
+
+@pytest.mark.parametrize("layout", demo.LAYOUTS)
+def test_layout_images_are_valid_nifti_with_binary_labels(
+    layouts: dict[str, Path], layout: str
+) -> None:
+    root = layouts[layout] if layout != "manifest" else layouts[layout].parent
+    for path in root.rglob("*.nii*"):
+        img = nib.load(path)
+        assert len(img.shape) == 3
+        qform, qform_code = img.header.get_qform(coded=True)
+        sform, sform_code = img.header.get_sform(coded=True)
+        assert (int(qform_code), int(sform_code)) == (1, 1)
+        np.testing.assert_allclose(qform, sform, atol=1e-5)
+        data = np.asanyarray(img.dataobj)
+        label_tags = ("_msk.", "_mask.", "_label.", ".OT.")
+        if any(tag in path.name for tag in label_tags) or path.parent.name == "labelsTr":
+            assert data.dtype == np.uint8 and set(np.unique(data)) <= {0, 1}
+        else:
+            assert data.dtype == np.float32 and data.max() > 0
+
+
+def test_index_files_describe_the_cohort(layouts: dict[str, Path]) -> None:
+    dataset = json.loads((layouts["nnunet"] / "dataset.json").read_text())
+    assert dataset["channel_names"] == {"0": "T1", "1": "T2", "2": "FLAIR", "3": "DWI"}
+    assert dataset["labels"] == {"background": 0, "lesion": 1}
+    assert dataset["numTraining"] == 2 and dataset["file_ending"] == ".nii.gz"
+    for layout in ("bids", "bids-flat", "atlas"):
+        description = json.loads((layouts[layout] / "dataset_description.json").read_text())
+        assert description["DatasetType"] == "raw" and description["BIDSVersion"]
+        assert description["GeneratedBy"][0]["Name"] == "stroke-ray demo"
+
+
+def test_bids_flair_has_its_own_grid_and_is_not_registered(layouts: dict[str, Path]) -> None:
+    root = layouts["bids"]
+    for number in (1, 2):
+        sub = f"sub-strokecase{number:04d}"
+        base = root / sub / "ses-0001"
+        flair = nib.load(base / "anat" / f"{sub}_ses-0001_FLAIR.nii.gz")
+        dwi = nib.load(base / "dwi" / f"{sub}_ses-0001_dwi.nii.gz")
+        adc = nib.load(base / "dwi" / f"{sub}_ses-0001_adc.nii.gz")
+        mask = nib.load(root / "derivatives" / sub / "ses-0001" / f"{sub}_ses-0001_msk.nii.gz")
+        for image in (adc, mask):  # DWI, ADC and the mask share one grid
+            assert image.shape == dwi.shape
+            np.testing.assert_allclose(image.affine, dwi.affine)
+        assert flair.shape != dwi.shape  # FLAIR does not
+        assert not np.allclose(flair.affine, dwi.affine)
+        assert flair.header.get_zooms()[0] < dwi.header.get_zooms()[0]
+
+        def centre(img: nib.Nifti1Image) -> np.ndarray:
+            voxels = np.argwhere(np.asanyarray(img.dataobj) > 0).mean(axis=0)
+            return (img.affine @ np.append(voxels, 1.0))[:3]
+
+        # Both cover the same head, which moved 1-2 mm between the scans.
+        assert 0.5 < np.linalg.norm(centre(flair) - centre(dwi)) < 3.0
+    thick = nib.load(
+        root / "sub-strokecase0002/ses-0001/dwi/sub-strokecase0002_ses-0001_dwi.nii.gz"
+    )
+    assert thick.header.get_zooms()[2] == pytest.approx(6.0)
+
+
+def test_a_case_is_the_same_head_in_every_layout(layouts: dict[str, Path]) -> None:
+    def load(path: Path) -> np.ndarray:
+        return np.asanyarray(nib.load(path).dataobj)
+
+    manifest_dwi = load(layouts["manifest"].parent / "demo_000" / "demo_000_dwi.nii.gz")
+    bids_dwi = (
+        layouts["bids"] / "sub-strokecase0001/ses-0001/dwi/sub-strokecase0001_ses-0001_dwi.nii.gz"
+    )
+    nnunet_dwi = layouts["nnunet"] / "imagesTr" / "demo_000_0003.nii.gz"
+    isles_dwi = layouts["isles15"] / "1/VSD.Brain.XX.O.MR_DWI.70003/VSD.Brain.XX.O.MR_DWI.70003.nii"
+    for path in (bids_dwi, nnunet_dwi, isles_dwi):
+        np.testing.assert_array_equal(load(path), manifest_dwi)
+
+
+def test_workers_write_the_same_cohort(tmp_path: Path, layouts: dict[str, Path]) -> None:
+    cohort = demo.generate_cohort(
+        tmp_path, n_cases=2, shape=LAYOUT_SHAPE, layout="bids-flat", workers=2
+    )
+    for path in layouts["bids-flat"].rglob("*.nii.gz"):
+        relative = path.relative_to(layouts["bids-flat"])
+        np.testing.assert_array_equal(
+            np.asanyarray(nib.load(cohort / relative).dataobj),
+            np.asanyarray(nib.load(path).dataobj),
+        )
