@@ -306,6 +306,12 @@ class ExperimentConfig:
         "K-fold cross-validation by case (instead of --test-fraction)", default=None
     )
     test_fraction: float = option("held-out share of cases", default=0.25)
+    min_lesion_ml: float | None = option(
+        "segment the held-out cases with this minimum fused lesion size in ml (default: each "
+        "run's suggestion from its validation cases, as `segment` does)",
+        default=None,
+        metavar="ML",
+    )
     training: TrainConfig | None = None  # every arm is this config with its weights and folders
 
     @property

@@ -100,6 +100,7 @@ def _run_arm(
             fusion=SegmentConfig.fusion,
             extra_fusions=tuple(m for m in FUSION_MODES if m != SegmentConfig.fusion),
             use_gpu=training.use_gpu,
+            min_lesion_ml=config.min_lesion_ml,
             overwrite=training.restart,
             storage_options=training.storage_options,
         )
@@ -197,6 +198,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         "folds": folds,
         "weights": list(config.weights),
         "training": _public_training(training),
+        "fusion": SegmentConfig.fusion,  # the mode of the `fused` rows
+        "min_lesion_ml": config.min_lesion_ml,  # None: each run's suggestion (segment.json)
         "arms": arms,
         "undefined_distances": undefined_distances(frame),
         "qc_dice_agreement_correlation": {
