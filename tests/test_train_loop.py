@@ -75,12 +75,16 @@ class LesionEverywhere(torch.nn.Module):
 
 
 def test_phase_from_scratch_trains_everything_at_lr():
-    config = _config(weights="none", freeze_epochs=3, lr=1e-3, finetune_lr=1e-5)
+    config = _config(
+        weights="none", freeze_epochs=3, lr=1e-3, finetune_lr=1e-5, lr_schedule="constant"
+    )
     assert [phase(epoch, config) for epoch in range(5)] == [Phase(False, 1e-3)] * 5
 
 
 def test_phase_pretrained_freezes_then_fine_tunes():
-    config = _config(weights="imagenet", freeze_epochs=2, lr=1e-3, finetune_lr=1e-5)
+    config = _config(
+        weights="imagenet", freeze_epochs=2, lr=1e-3, finetune_lr=1e-5, lr_schedule="constant"
+    )
     assert [phase(epoch, config) for epoch in range(4)] == [
         Phase(encoder_frozen=True, lr=1e-3),
         Phase(encoder_frozen=True, lr=1e-3),
@@ -90,7 +94,13 @@ def test_phase_pretrained_freezes_then_fine_tunes():
 
 
 def test_phase_pretrained_without_freezing_fine_tunes_from_the_start():
-    config = _config(weights="/weights/encoder.pt", freeze_epochs=0, lr=1e-3, finetune_lr=1e-5)
+    config = _config(
+        weights="/weights/encoder.pt",
+        freeze_epochs=0,
+        lr=1e-3,
+        finetune_lr=1e-5,
+        lr_schedule="constant",
+    )
     assert [phase(epoch, config) for epoch in range(3)] == [Phase(False, 1e-5)] * 3
 
 
