@@ -84,16 +84,17 @@ def main() -> None:
         + "\n"
     )
     lines = [
-        "| arm | source | Dice | lesion F1 | HD95 mm |",
-        "|---|---|---|---|---|",
+        "| arm | source | Dice % | lesion F1 % | HD95 mm | cases (Dice/F1/HD95) |",
+        "|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
         cells = []
         for metric in METRICS:
             scale = 1 if metric.endswith("_mm") else 100
             mean, sd = row[f"{metric}_mean"] * scale, row[f"{metric}_sd"] * scale
-            cells.append(f"{mean:.1f} ± {sd:.1f} (n={int(row[f'{metric}_cases'])})")
-        lines.append(f"| {row['arm']} | {row['source']} | " + " | ".join(cells) + " |")
+            cells.append(f"{mean:.1f} ± {sd:.1f}")
+        covered = "/".join(str(int(row[f"{metric}_cases"])) for metric in METRICS)
+        lines.append(f"| {row['arm']} | {row['source']} | " + " | ".join(cells) + f" | {covered} |")
     markdown = "\n".join(lines) + "\n"
     (out / f"{args.name}.md").write_text(markdown)
     print(markdown)
