@@ -5,8 +5,11 @@ Pure functions over arrays (no Ray, no files). The write stage of ``segment`` ca
 then writes what they return.
 
 - Every plane's slice probabilities are restacked in slice order onto the network grid.
+  Where that grid was resampled, the probabilities are resampled back (linearly) onto the
+  source voxel size first, so that the votes below happen on the source grid.
 - Each plane votes lesion where its probability is ≥ 0.5; the planes are fused
-  (:mod:`stroke_ray.fusion`) and every mask is mapped back to the source voxel grid.
+  (:mod:`stroke_ray.fusion`) and every mask is mapped back to the source voxel grid. Fused
+  lesions smaller than ``min_lesion_ml`` are removed there.
 - Rows: one per source (each plane, ``fused`` = the job's fusion, ``fused_<mode>`` for extra
   modes) with every metric of :mod:`stroke_ray.metrics`; the ``fused`` row also carries
   the QC columns of :mod:`stroke_ray.qc`.
@@ -20,10 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from stroke_ray.fusion import THRESHOLD, fuse, probability_spread, vote_count
+from stroke_ray.fusion import (
+    THRESHOLD,
+    fuse,
+    probability_spread,
+    remove_small_lesions,
+    vote_count,
+)
 from stroke_ray.inference import PlanePrediction, restack
 from stroke_ray.metrics import evaluate
-from stroke_ray.preprocess import Geometry, restore
+from stroke_ray.preprocess import Geometry, restore, to_source_spacing
 from stroke_ray.qc import agreement_scores, qc_flag
 
 __all__ = ["FusionSettings", "CaseMasks", "case_masks", "case_rows", "error_row", "voxel_ml"]
@@ -37,6 +46,7 @@ class FusionSettings:
     plane_weights: Mapping[str, float] | None = None
     extra_fusions: tuple[str, ...] = ()
     save_planes: bool = False
+    min_lesion_ml: float = 0.0  # fused lesions below this volume are removed
 
 
 @dataclass
@@ -56,6 +66,11 @@ def voxel_ml(spacing_mm: tuple[float, float, float]) -> float:
     return float(np.prod(spacing_mm)) / 1000.0
 
 
+def _kept_lesions(mask: np.ndarray, settings: FusionSettings, geometry: Geometry) -> np.ndarray:
+    """A fused source-grid mask without lesions below ``settings.min_lesion_ml``."""
+    return remove_small_lesions(mask, settings.min_lesion_ml, geometry.spacing_mm)
+
+
 def case_masks(
     predictions: Mapping[str, PlanePrediction],
     brain: np.ndarray,
@@ -66,16 +81,21 @@ def case_masks(
     probabilities = {
         plane: restack(prediction, brain.shape, plane) for plane, prediction in predictions.items()
     }
+    if geometry.resampled:
+        source = geometry
+        probabilities = {p: to_source_spacing(v, source)[0] for p, v in probabilities.items()}
+        brain_on_source, geometry = to_source_spacing(brain.astype(np.float32), source)
+        brain = brain_on_source >= THRESHOLD
     votes = vote_count(probabilities)
     fused = fuse(probabilities, settings.fusion, settings.plane_weights)
     masks = {
         plane: restore((p >= THRESHOLD).astype(np.uint8), geometry)
         for plane, p in probabilities.items()
     }
-    masks["fused"] = restore(fused, geometry)
+    masks["fused"] = _kept_lesions(restore(fused, geometry), settings, geometry)
     for mode in settings.extra_fusions:
         extra = fuse(probabilities, mode, settings.plane_weights)
-        masks[f"fused_{mode}"] = restore(extra, geometry)
+        masks[f"fused_{mode}"] = _kept_lesions(restore(extra, geometry), settings, geometry)
     result = CaseMasks(
         masks=masks,
         votes=restore(votes, geometry),

@@ -24,6 +24,8 @@ __all__ = [
     "SEQUENCES",
     "REFERENCE",
     "LAYOUTS",
+    "CHECKPOINT_METRICS",
+    "LR_SCHEDULES",
     "ModelConfig",
     "TrainConfig",
     "SegmentConfig",
@@ -36,6 +38,7 @@ __all__ = [
     "weights_label",
     "describe_weights",
     "public_dict",
+    "spacing_setting",
 ]
 
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
@@ -44,6 +47,10 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 SEQUENCES: tuple[str, ...] = ("t1", "t2", "flair", "dwi")  # the paper's inputs, in channel order
 REFERENCE = "flair"  # the paper's reference grid
 LAYOUTS: tuple[str, ...] = ("flat", "bids")  # how segment lays out its masks
+# validation score that picks a plane's best epoch (train_loop.selection_score)
+CHECKPOINT_METRICS: tuple[str, ...] = ("dice_lesion_f1", "dice", "lesion_f1")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+_SPACING_WORDS = ("auto", "source")
 _SCRATCH = ("none", "", "scratch")
 
 
@@ -84,6 +91,39 @@ def describe_weights(weights: str | None) -> str:
     if weights == "imagenet":
         return "imagenet: ImageNet-pretrained encoder (smp download; transfer learning)"
     return f"{weights}: encoder weights loaded from this file (transfer learning)"
+
+
+def _spacing_token(text: str) -> str | float:
+    """One ``--spacing`` word: auto, source or a positive voxel size in mm."""
+    import argparse
+
+    if text in _SPACING_WORDS:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"--spacing takes 'auto', 'source' or three voxel sizes in mm, not {text!r}"
+        )
+    return value
+
+
+def spacing_setting(value: Any) -> str | tuple[float, float, float]:
+    """``TrainConfig.spacing`` as ``"auto"``, ``"source"`` or three voxel sizes (mm, RAS order)."""
+    words = [value] if isinstance(value, str | int | float) else list(value)
+    if len(words) == 1 and words[0] in _SPACING_WORDS:
+        return str(words[0])
+    try:
+        sizes = tuple(float(word) for word in words)
+    except (TypeError, ValueError):
+        sizes = ()
+    if len(sizes) != 3 or not all(size > 0 for size in sizes):
+        raise ValueError(
+            f"spacing must be 'auto', 'source' or three positive voxel sizes in mm, not {value!r}"
+        )
+    return sizes  # type: ignore[return-value]
 
 
 _STORAGE_HELP = (
@@ -177,7 +217,35 @@ class TrainConfig:
         "cross-entropy weight of the lesion class, background is 1", default=10.0
     )
     lesion_oversample: float = option(
-        "how much more often slices with lesion are drawn", default=3.0
+        "how much more often slices with lesion are drawn (6 chosen on the realistic demo; "
+        "README, Method)",
+        default=6.0,
+    )
+    lr_schedule: str = option(
+        "learning rate over the epochs of a phase: constant, or cosine decay to 5 % of it "
+        "(chosen on the realistic demo; README, Method)",
+        default="cosine",
+        choices=LR_SCHEDULES,
+    )
+    spacing: tuple[float | str, ...] = option(
+        "voxel size every case is resampled to before slicing, mm along x y z (RAS): 'auto' = "
+        "the median voxel size of the training cohort per axis (as nnU-Net plans it), three "
+        "numbers, or 'source' = keep each case's own grid; run.json records the numbers used",
+        default=("auto",),
+        nargs="+",
+        metavar="auto|source|MM",
+        parse=_spacing_token,
+    )
+    augment: bool = option(
+        "augment training batches (flips, rotation, scaling, intensity, noise, blur, thick "
+        "slices; stroke_ray/augment.py)",
+        default=True,
+    )
+    checkpoint_metric: str = option(
+        "validation score that picks each plane's best epoch: dice_lesion_f1 = mean of pooled "
+        "Dice and mean lesion-wise F1 of the validation cases",
+        default="dice_lesion_f1",
+        choices=CHECKPOINT_METRICS,
     )
     val_fraction: float = option("share of cases held out for validation", default=0.2)
     seed: int = option("seed of the case split and sampling", default=0)
@@ -218,7 +286,12 @@ class SegmentConfig:
     cohort: str = option(_COHORT_HELP)
     model: str = option("a finished training run folder (RUN_DIR)")
     out: str = option("output folder for masks and metrics (local path or URI)")
-    fusion: str = option("how the planes are fused", default="majority", choices=FUSION_MODES)
+    fusion: str = option(
+        "how the planes are fused (soft: it beat every plane and the other modes on the "
+        "realistic demo; README, Method)",
+        default="soft",
+        choices=FUSION_MODES,
+    )
     plane_weights: tuple[float, ...] | None = option(
         "weights for --fusion weighted (default: the run's validation Dice per plane)",
         default=None,
@@ -246,6 +319,12 @@ class SegmentConfig:
         default="flat",
         choices=LAYOUTS,
     )
+    min_lesion_ml: float | None = option(
+        "remove fused lesions (26-connected components) smaller than this many ml (default: "
+        "the value the run suggests from its validation cases, 0 for runs without one)",
+        default=None,
+        metavar="ML",
+    )
     extra_fusions: tuple[str, ...] = ()
     storage_options: dict[str, Any] | None = _storage_field()
 
@@ -271,6 +350,12 @@ class ExperimentConfig:
         "K-fold cross-validation by case (instead of --test-fraction)", default=None
     )
     test_fraction: float = option("held-out share of cases", default=0.25)
+    min_lesion_ml: float | None = option(
+        "segment the held-out cases with this minimum fused lesion size in ml (default: each "
+        "run's suggestion from its validation cases, as `segment` does)",
+        default=None,
+        metavar="ML",
+    )
     training: TrainConfig | None = None  # every arm is this config with its weights and folders
 
     @property

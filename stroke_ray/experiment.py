@@ -10,7 +10,8 @@ EXP_DIR/
   experiment.json                  protocol, folds, arms (weights × fold → run and segment folders)
   folds/fold<k>/{train,test}.csv   the case split (absolute paths/URIs)
   runs/<weights>/fold<k>/          training runs
-  segment/<weights>/fold<k>/       segmentation outputs (fused = majority; fused_weighted, fused_soft rows)
+  segment/<weights>/fold<k>/       segmentation outputs (fused = the default fusion; fused_<mode> rows
+                                   for the other modes)
   metrics.parquet                  every row of every arm, with columns weights, fold
   table.csv, table.md              the paper-style table (mean ± sd over cases, pooled from counts)
 ```
@@ -29,6 +30,7 @@ import pandas as pd
 
 from stroke_ray.cohort import load_cohort, write_manifest
 from stroke_ray.config import (
+    FUSION_MODES,
     ExperimentConfig,
     SegmentConfig,
     TrainConfig,
@@ -100,9 +102,10 @@ def _run_arm(
             cohort=manifests["test"],
             model=run_dir,
             out=seg_dir,
-            fusion="majority",
-            extra_fusions=("weighted", "soft"),
+            fusion=SegmentConfig.fusion,
+            extra_fusions=tuple(m for m in FUSION_MODES if m != SegmentConfig.fusion),
             use_gpu=training.use_gpu,
+            min_lesion_ml=config.min_lesion_ml,
             overwrite=training.restart,
             storage_options=training.storage_options,
         )
@@ -114,7 +117,7 @@ def _run_arm(
         "fold": fold,
         "run_dir": run_dir,
         "segment_dir": seg_dir,
-        "segment_dirs": {"majority": seg_dir, "weighted": seg_dir, "soft": seg_dir},
+        "segment_dirs": {mode: seg_dir for mode in FUSION_MODES},
         "rows": frame.assign(weights=label, fold=fold),
     }
 
@@ -221,6 +224,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         "folds": folds,
         "weights": list(config.weights),
         "training": _public_training(training),
+        "fusion": SegmentConfig.fusion,  # the mode of the `fused` rows
+        "min_lesion_ml": config.min_lesion_ml,  # None: each run's suggestion (segment.json)
         "arms": arms,
         "undefined_distances": undefined_distances(frame),
         "qc_dice_agreement_correlation": {

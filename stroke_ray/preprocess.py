@@ -1,19 +1,30 @@
-"""Prepare a case for the network: RAS orientation, brain crop, z-score, padding; and undo it.
+"""Prepare a case for the network: RAS orientation, brain crop, resampling, z-score, padding;
+and undo it.
 
 The network always sees volumes in canonical RAS voxel order (axis 0 left→right, 1
-posterior→anterior, 2 inferior→superior), cropped to the brain's bounding box and padded so
-every axis is a multiple of 32. :class:`Geometry` records each step so that a prediction on
-that grid maps back to the source image voxel for voxel (flips and axis permutations only,
-no resampling).
+posterior→anterior, 2 inferior→superior), cropped to the brain's bounding box, optionally
+resampled to a target voxel size, and padded so every axis is a multiple of 32.
+:class:`Geometry` records each step so that a prediction on that grid maps back to the source
+image: voxel for voxel without resampling (flips, axis permutations and crop only), and
+through the inverse resampling otherwise.
+
+Resampling (``spacing_mm`` of :func:`prepare`) uses SciPy (``ndimage.affine_transform``, order
+1 = linear). The brain box keeps its extent in mm: its N source voxels of size s become
+round(N·s/t) voxels of size N·s/round(N·s/t) ≈ t, edges aligned (voxel centres at
+(j + ½)·size from the box's first edge on both grids). Labels and brain masks are resampled
+linearly and thresholded at 0.5. Going back, probabilities are resampled linearly onto the
+source brain box and only then thresholded (:func:`to_source_spacing`), so a mask lands on
+the source grid within a voxel of where the network put it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from nibabel import orientations
+from scipy import ndimage
 
 from stroke_ray.volumes import CaseVolumes
 
@@ -24,6 +35,10 @@ __all__ = [
     "restore",
     "to_canonical",
     "ras_spacing",
+    "median_spacing",
+    "resample",
+    "resampled_shape",
+    "to_source_spacing",
     "zscore",
     "PAD_MULTIPLE",
 ]
@@ -41,6 +56,23 @@ class Geometry:
     crop_start: tuple[int, int, int]  # first voxel of the brain box in canonical RAS
     crop_shape: tuple[int, int, int]  # size of the brain box before padding
     spacing_mm: tuple[float, float, float]  # voxel size along canonical RAS axes
+    # brain box on the network grid before padding when it was resampled (else None)
+    grid_shape: tuple[int, int, int] | None = None
+
+    @property
+    def resampled(self) -> bool:
+        """Whether the network grid has another voxel size than the source."""
+        return self.grid_shape is not None
+
+    @property
+    def grid_spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size of the network grid along canonical RAS axes."""
+        if self.grid_shape is None:
+            return self.spacing_mm
+        return tuple(  # type: ignore[return-value]
+            s * n / m
+            for s, n, m in zip(self.spacing_mm, self.crop_shape, self.grid_shape, strict=True)
+        )
 
     @property
     def canonical_shape(self) -> tuple[int, int, int]:
@@ -115,44 +147,119 @@ def _brain_box(brain: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return start, tuple(b - a for a, b in zip(start, stop, strict=True))
 
 
-def _crop_pad(volume: np.ndarray, start, shape) -> np.ndarray:
+def _crop(volume: np.ndarray, start, shape) -> np.ndarray:
     lead = volume.ndim - 3
     window = (slice(None),) * lead + tuple(
         slice(a, a + n) for a, n in zip(start, shape, strict=True)
     )
-    cropped = volume[window]
-    pad = [(0, 0)] * lead + [(0, _padded_size(n) - n) for n in shape]
-    return np.pad(cropped, pad)
+    return volume[window]
 
 
-def prepare(case: CaseVolumes) -> Prepared:
-    """Reorient to RAS, crop to the brain box, z-score and pad to a multiple of 32."""
+def _pad(volume: np.ndarray) -> np.ndarray:
+    lead = volume.ndim - 3
+    pad = [(0, 0)] * lead + [(0, _padded_size(n) - n) for n in volume.shape[lead:]]
+    return np.pad(volume, pad)
+
+
+def _crop_pad(volume: np.ndarray, start, shape) -> np.ndarray:
+    return _pad(_crop(volume, start, shape))
+
+
+def resampled_shape(
+    shape: Sequence[int],
+    spacing_mm: Sequence[float],
+    target_mm: Sequence[float] | None,
+) -> tuple[int, int, int] | None:
+    """The box's shape at ``target_mm`` (same extent in mm), or None when it stays as it is."""
+    if target_mm is None:
+        return None
+    new = tuple(
+        max(1, round(n * s / t)) for n, s, t in zip(shape, spacing_mm, target_mm, strict=True)
+    )
+    return None if new == tuple(shape) else new  # type: ignore[return-value]
+
+
+def resample(volume: np.ndarray, shape: Sequence[int], order: int = 1) -> np.ndarray:
+    """Resample the last three axes of ``volume`` to ``shape``, voxel edges of the box aligned.
+
+    Output voxel j of an axis samples the input at (j + ½)·n_in/n_out − ½ (SciPy
+    ``affine_transform``; ``order`` 1 = linear, 0 = nearest; edges continue the border value).
+    Float input stays float32; other types are resampled as float32 and cast back.
+    """
+    lead = volume.shape[:-3]
+    ratio = np.array([a / b for a, b in zip(volume.shape[-3:], shape, strict=True)])
+    offset = 0.5 * ratio - 0.5
+    flat = volume.reshape((-1, *volume.shape[-3:]))
+    out = np.empty((len(flat), *shape), dtype=np.float32)
+    for index, channel in enumerate(flat):
+        ndimage.affine_transform(
+            channel.astype(np.float32, copy=False), ratio, offset=offset,
+            output_shape=tuple(shape), output=out[index], order=order, mode="nearest",
+        )  # fmt: skip
+    out = out.reshape((*lead, *shape))
+    return out if np.issubdtype(volume.dtype, np.floating) else out.astype(volume.dtype)
+
+
+def _resample_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A binary mask resampled linearly and thresholded at 0.5 (same dtype)."""
+    return (resample(mask.astype(np.float32), shape) >= 0.5).astype(mask.dtype)
+
+
+def prepare(case: CaseVolumes, spacing_mm: Sequence[float] | None = None) -> Prepared:
+    """Reorient to RAS, crop to the brain box, resample to ``spacing_mm`` (RAS order, mm; None
+    keeps the source grid), z-score and pad to a multiple of 32."""
     images = to_canonical(case.images, case.affine)
     brain_full = np.any(images != 0, axis=0)
     start, shape = _brain_box(brain_full)
     source_ornt = orientations.io_orientation(case.affine)
+    source_spacing = ras_spacing(case.affine, case.spacing_mm)
+    grid_shape = resampled_shape(shape, source_spacing, spacing_mm)
     geometry = Geometry(
         source_shape=tuple(int(n) for n in case.images.shape[1:]),  # type: ignore[arg-type]
         source_ornt=tuple((float(a), float(b)) for a, b in source_ornt),
         crop_start=start,  # type: ignore[arg-type]
         crop_shape=shape,  # type: ignore[arg-type]
-        spacing_mm=ras_spacing(case.affine, case.spacing_mm),
+        spacing_mm=source_spacing,
+        grid_shape=grid_shape,
     )
-    brain = _crop_pad(brain_full, start, shape)
-    label = None
-    if case.label is not None:
-        label = _crop_pad(to_canonical(case.label, case.affine), start, shape)
+    label = None if case.label is None else to_canonical(case.label, case.affine)
+    if grid_shape is None:
+        brain = _crop_pad(brain_full, start, shape)
+        if label is not None:
+            label = _crop_pad(label, start, shape)
+        image = _crop_pad(images, start, shape)
+    else:
+        brain = _pad(_resample_mask(_crop(brain_full, start, shape), grid_shape))
+        if label is not None:
+            label = _pad(_resample_mask(_crop(label, start, shape), grid_shape))
+        image = _pad(resample(_crop(images, start, shape), grid_shape))
     return Prepared(
         case_id=case.case_id,
-        image=zscore(_crop_pad(images, start, shape), brain),
+        image=zscore(image, brain),
         label=label,
         brain=brain,
         geometry=geometry,
     )
 
 
+def to_source_spacing(volume: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
+    """A network-grid volume on the source voxel size, with the geometry that restores it.
+
+    Resampled back onto the source brain box: float volumes (probabilities) linearly, others
+    by nearest neighbour; threshold probabilities after this step. Without resampling the
+    volume and geometry come back unchanged.
+    """
+    if not geometry.resampled:
+        return volume, geometry
+    grid = volume[(..., *(slice(0, n) for n in geometry.grid_shape))]
+    order = 1 if np.issubdtype(volume.dtype, np.floating) else 0
+    return resample(grid, geometry.crop_shape, order), replace(geometry, grid_shape=None)
+
+
 def restore(volume: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Map a volume on the network grid back to the source voxel grid (exact inverse)."""
+    """Map a volume on the network grid back to the source voxel grid (exact inverse without
+    resampling; see :func:`to_source_spacing` otherwise)."""
+    volume, geometry = to_source_spacing(volume, geometry)
     canonical = np.zeros(geometry.canonical_shape, dtype=volume.dtype)
     window = tuple(
         slice(a, a + n) for a, n in zip(geometry.crop_start, geometry.crop_shape, strict=True)
@@ -160,3 +267,10 @@ def restore(volume: np.ndarray, geometry: Geometry) -> np.ndarray:
     canonical[window] = volume[tuple(slice(0, n) for n in geometry.crop_shape)]
     transform = orientations.ornt_transform(_RAS, np.asarray(geometry.source_ornt))
     return _apply_orientation(canonical, transform)
+
+
+def median_spacing(spacings: Sequence[Sequence[float]]) -> tuple[float, float, float]:
+    """Per-axis median of voxel sizes (mm), rounded to 0.1 µm."""
+    if not len(spacings):
+        raise ValueError("median_spacing needs at least one voxel size")
+    return tuple(round(float(v), 4) for v in np.median(np.asarray(spacings), axis=0))  # type: ignore[return-value]

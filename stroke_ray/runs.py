@@ -2,7 +2,8 @@
 
 ```
 RUN_DIR/
-  run.json            config, package versions, split, skipped cases, per-plane results
+  run.json            config, package versions, split, voxel size (spacing_mm), skipped cases,
+                      per-plane results, fused validation and the suggested minimum lesion size
   history.parquet     one row per plane and epoch (train/val loss, val Dice, lr, ...)
   models/<plane>.pt   best-validation-Dice weights of each plane (state dict only)
   ray/<plane>/        Ray Train storage: checkpoints that let a run resume
@@ -53,7 +54,8 @@ __all__ = [
 DEFINING_OPTIONS: tuple[str, ...] = (
     "model", "sequences", "reference", "resample", "weights", "epochs", "freeze_epochs", "lr",
     "finetune_lr", "batch_size", "alpha", "beta", "lesion_weight", "lesion_oversample",
-    "val_fraction", "seed", "max_steps_per_epoch", "workers_per_plane",
+    "val_fraction", "seed", "max_steps_per_epoch", "workers_per_plane", "lr_schedule", "spacing",
+    "augment", "checkpoint_metric",
 )  # fmt: skip
 
 

@@ -111,9 +111,14 @@ def _options(options_ref: Any) -> StorageOptions:
     return ray.get(options_ref) if options_ref is not None else None
 
 
-def read_stage(row: dict[str, Any], inputs: Inputs, options_ref: Any = None) -> dict[str, Any]:
-    """Stage 1 (tasks): read, validate and prepare one case's ``inputs`` (the run's); a case
-    row in, a work row out."""
+def read_stage(
+    row: dict[str, Any],
+    inputs: Inputs,
+    options_ref: Any = None,
+    spacing_mm: list[float] | None = None,
+) -> dict[str, Any]:
+    """Stage 1 (tasks): read, validate and prepare one case's ``inputs`` (the run's),
+    resampled to the run's ``spacing_mm`` if any; a case row in, a work row out."""
     started = time.perf_counter()
     case = Case.from_dict(row)
     work = CaseWork(
@@ -124,7 +129,7 @@ def read_stage(row: dict[str, Any], inputs: Inputs, options_ref: Any = None) -> 
     )
     try:
         volumes = read_case(case, _options(options_ref), inputs=inputs)
-        work.prepared = prepare(volumes)
+        work.prepared = prepare(volumes, spacing_mm)
         work.header = volumes.header
         work.spacing_mm = volumes.spacing_mm
         work.label = None if volumes.label is None else np.packbits(volumes.label)
@@ -295,7 +300,7 @@ def _plane_weights(config: SegmentConfig, run: dict[str, Any]) -> dict[str, floa
 
 def segment_definition(config: SegmentConfig, run: dict[str, Any]) -> dict[str, Any]:
     """What defines a segmentation folder's masks: the run and the fusion settings."""
-    return {
+    definition = {
         "model": config.model,
         "run_definition": run.get("definition"),
         "planes": sorted(run["planes"]),
@@ -306,6 +311,9 @@ def segment_definition(config: SegmentConfig, run: dict[str, Any]) -> dict[str, 
         "precision": config.precision,
         "layout": config.layout,
     }
+    if config.min_lesion_ml:  # absent = 0, as in folders written before the option existed
+        definition["min_lesion_ml"] = float(config.min_lesion_ml)
+    return definition
 
 
 def _warnings(run: dict[str, Any]) -> list[str]:
@@ -319,7 +327,10 @@ def _warnings(run: dict[str, Any]) -> list[str]:
 
 
 def _prepare_out(
-    config: SegmentConfig, run: dict[str, Any], bids_root: str | None = None
+    config: SegmentConfig,
+    run: dict[str, Any],
+    bids_root: str | None = None,
+    notes: dict[str, Any] | None = None,
 ) -> set[str]:
     """Check and record what defines OUT (and describe it as a BIDS dataset with the bids
     layout); return the cases already finished there."""
@@ -338,6 +349,7 @@ def _prepare_out(
         "planes": list(run["planes"]),
         "definition": definition,
         "warnings": warnings,
+        **(notes or {}),
     }
     write_json(record, settings_uri, options)
     if config.layout == "bids":
@@ -362,6 +374,17 @@ def _check_bids_names(cases: list[Case], reference: str) -> None:
         )
 
 
+def min_lesion_ml(config: SegmentConfig, run: dict[str, Any]) -> tuple[float, str]:
+    """The minimum fused lesion size in ml and where it comes from: ``--min-lesion-ml`` if
+    given, else the run's suggestion for the fusion mode (stroke_ray.validation), else 0."""
+    if config.min_lesion_ml is not None:
+        return float(config.min_lesion_ml), "--min-lesion-ml"
+    suggested = run.get("suggested_min_lesion_ml") or {}
+    if config.fusion in suggested:
+        return float(suggested[config.fusion]), "run.json suggested_min_lesion_ml (validation)"
+    return 0.0, "default (the run suggests none)"
+
+
 def segment(config: SegmentConfig, progress=None) -> tuple[Any, dict[str, Any]]:
     """Segment a cohort with a trained run; return (metrics frame, summary)."""
     if config.fusion not in FUSION_MODES:
@@ -375,7 +398,9 @@ def segment(config: SegmentConfig, progress=None) -> tuple[Any, dict[str, Any]]:
     bids_root = absolute_uri(cohort.source).rstrip("/") if cohort.layout == "bids" else None
     if config.layout == "bids":
         _check_bids_names(cases, inputs.reference)
-    done = _prepare_out(config, run, bids_root)
+    size_ml, size_from = min_lesion_ml(config, run)
+    config = replace(config, min_lesion_ml=size_ml)
+    done = _prepare_out(config, run, bids_root, {"min_lesion_ml_from": size_from})
     todo = [case for case in cases if case.case_id not in done]
     logger.info(
         "%d cases, %d already finished, %d to segment",
@@ -405,6 +430,7 @@ def _run_pipeline(
             plane_weights=_plane_weights(config, run),
             extra_fusions=tuple(config.extra_fusions),
             save_planes=config.save_planes,
+            min_lesion_ml=config.min_lesion_ml or 0.0,
         ),
         layout=config.layout,
         reference=inputs.reference,
@@ -418,7 +444,11 @@ def _run_pipeline(
     # different resources stop Ray Data from fusing reading into the actor, so a case is
     # read while the previous one is predicted
     dataset = dataset.map(
-        read_stage, fn_kwargs={"inputs": inputs, "options_ref": options_ref}, num_cpus=0.25
+        read_stage,
+        fn_kwargs={
+            "inputs": inputs, "options_ref": options_ref, "spacing_mm": run.get("spacing_mm")
+        },
+        num_cpus=0.25,
     )
     dataset = dataset.map(
         PlanePredictor,

@@ -30,7 +30,7 @@ import ray
 import torch
 
 from stroke_ray.cohort import Case, load_cohort
-from stroke_ray.config import TrainConfig, is_scratch, public_dict
+from stroke_ray.config import TrainConfig, is_scratch, public_dict, spacing_setting
 from stroke_ray.fingerprint import ensure_same_definition
 from stroke_ray.io import (
     StorageOptions,
@@ -42,7 +42,7 @@ from stroke_ray.io import (
 )
 from stroke_ray.losses import HybridLoss
 from stroke_ray.model import build_model
-from stroke_ray.preprocess import prepare
+from stroke_ray.preprocess import median_spacing, prepare, ras_spacing
 from stroke_ray.runs import (
     history_uri,
     package_versions,
@@ -67,7 +67,9 @@ from stroke_ray.train_loop import (
     phase,
     replicas_agree,
     restore_training,
+    selection_score,
     train_one_epoch,
+    training_batches,
 )
 from stroke_ray.volumes import CaseError, Inputs, read_case
 
@@ -93,13 +95,15 @@ def _inputs(config: TrainConfig) -> Inputs:
 
 
 def _load_slices(
-    case_dicts: list[dict], options: StorageOptions, plane: str, inputs: Inputs
+    case_dicts: list[dict], options: StorageOptions, plane: str, inputs: Inputs,
+    spacing_mm: list[float] | None = None,
 ) -> tuple[PlaneSlices, dict[str, str]]:
     """This worker's cases as plane slices, and the reason for each case that failed."""
     prepared, failed = [], {}
     for values in case_dicts:
         try:
-            prepared.append(prepare(read_case(Case.from_dict(values), options, inputs=inputs)))
+            case = read_case(Case.from_dict(values), options, inputs=inputs)
+            prepared.append(prepare(case, spacing_mm))
         except CaseError as err:
             logger.warning("plane %s: skipping %s", plane, err)
             failed[values["case_id"]] = str(err)
@@ -166,6 +170,7 @@ def _rank0_state(model, optimizer, progress, failed: dict[str, str], rank: int) 
     state = checkpoint_state(
         model, optimizer, epoch=int(progress.history[-1]["epoch"]),
         best_model=progress.best_model, best_dice=progress.best_dice, history=progress.history,
+        best_score=progress.best_score,
     )  # fmt: skip
     state["failed_cases"] = failed
     return state
@@ -182,11 +187,12 @@ def train_plane_loop(loop_config: dict) -> None:
     torch.manual_seed(config.seed)
 
     inputs = _inputs(config)
+    spacing_mm = loop_config.get("spacing_mm")
     train_data, failed_train = _load_slices(
-        loop_config["train_cases"][rank::world], options, plane, inputs
+        loop_config["train_cases"][rank::world], options, plane, inputs, spacing_mm
     )
     val_data, failed_val = _load_slices(
-        loop_config["val_cases"][rank::world], options, plane, inputs
+        loop_config["val_cases"][rank::world], options, plane, inputs, spacing_mm
     )
     failed = _gather_failures({**failed_train, **failed_val})
     val_slices = int(all_reduce(torch.tensor([len(val_data)]), device).item())
@@ -199,6 +205,7 @@ def train_plane_loop(loop_config: dict) -> None:
         alpha=config.alpha, beta=config.beta, lesion_weight=config.lesion_weight
     ).to(device)
     rng = np.random.default_rng([config.seed, rank, progress.next_epoch])
+    augment_rng = np.random.default_rng([config.seed, rank, progress.next_epoch, 1])
     own_steps = math.ceil(len(train_data) / config.batch_size)
     steps = int(all_reduce(torch.tensor([own_steps]), device, op="max").item())
     steps = min(steps, config.max_steps_per_epoch or steps)
@@ -220,12 +227,7 @@ def train_plane_loop(loop_config: dict) -> None:
                 model, move_to_device=False, parallel_strategy_kwargs={}
             )
             wrapped_phase = current.encoder_frozen
-        batches = train_data.sample_batches(
-            rng,
-            batch_size=config.batch_size,
-            steps=steps,
-            lesion_oversample=config.lesion_oversample,
-        )
+        batches = training_batches(train_data, config, steps, rng, augment_rng)
         train_loss, done = train_one_epoch(
             wrapped, model.encoder, batches, optimizer, loss_fn, device,
             encoder_frozen=current.encoder_frozen,
@@ -233,16 +235,19 @@ def train_plane_loop(loop_config: dict) -> None:
         # the bare model: DDP's forward syncs buffers, a collective that workers with fewer
         # validation batches would never join
         validation = evaluate(model, val_data, loss_fn, device, config.batch_size)
+        score = selection_score(validation, config.checkpoint_metric)
         metrics = epoch_metrics(
             plane, epoch, current, train_loss, done, validation, len(train_data), started,
-            replicas_in_sync=replicas_agree(model, device),
+            replicas_in_sync=replicas_agree(model, device), score=score,
         )  # fmt: skip
         if device.type == "cuda":
             metrics["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        progress.record(model, metrics, validation.dice)
+        progress.record(model, metrics, validation.dice, score)
         logger.info(
-            "plane %s epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f",
+            "plane %s epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f, "
+            "val lesion F1 %.4f",
             plane, epoch + 1, config.epochs, train_loss, validation.loss, validation.dice,
+            validation.lesion_f1,
         )  # fmt: skip
         _report(metrics, _rank0_state(model, optimizer, progress, failed, rank))
         if bar is not None:
@@ -253,15 +258,35 @@ def train_plane_loop(loop_config: dict) -> None:
 
 
 @ray.remote(num_cpus=0.25)
-def _screen_case(values: dict, options: StorageOptions, inputs: Inputs) -> str | None:
+def _screen_case(
+    values: dict, options: StorageOptions, inputs: Inputs
+) -> tuple[str | None, tuple | None]:
+    """(why the case cannot be used, or None; its voxel size along RAS axes)."""
     case = Case.from_dict(values)
     if not case.label:
-        return f"case {case.case_id}: no label, cannot be used for training"
+        return f"case {case.case_id}: no label, cannot be used for training", None
     try:
-        read_case(case, options, inputs=inputs)
+        volumes = read_case(case, options, inputs=inputs)
     except CaseError as err:
-        return str(err)
-    return None
+        return str(err), None
+    return None, ras_spacing(volumes.affine, volumes.spacing_mm)
+
+
+def _screen(
+    cases: list[Case], options: StorageOptions, inputs: Inputs
+) -> tuple[list[Case], dict[str, str], dict[str, tuple]]:
+    """Usable cases, reasons for the rest, and each usable case's RAS voxel size."""
+    answers = ray.get([_screen_case.remote(case.to_dict(), options, inputs) for case in cases])
+    skipped = {
+        case.case_id: reason for case, (reason, _) in zip(cases, answers, strict=True) if reason
+    }
+    for reason in skipped.values():
+        logger.warning("training skips %s", reason)
+    spacings = {
+        case.case_id: spacing for case, (reason, spacing) in zip(cases, answers, strict=True)
+        if not reason
+    }  # fmt: skip
+    return [case for case in cases if case.case_id not in skipped], skipped, spacings
 
 
 def screen_cases(
@@ -269,12 +294,21 @@ def screen_cases(
 ) -> tuple[list[Case], dict[str, str]]:
     """Read every case once in parallel (``inputs``: default the paper's); return the usable
     ones and reasons for the rest."""
-    inputs = inputs or Inputs()
-    reasons = ray.get([_screen_case.remote(case.to_dict(), options, inputs) for case in cases])
-    skipped = {case.case_id: reason for case, reason in zip(cases, reasons, strict=True) if reason}
-    for reason in skipped.values():
-        logger.warning("training skips %s", reason)
-    return [case for case in cases if case.case_id not in skipped], skipped
+    usable, skipped, _ = _screen(cases, options, inputs or Inputs())
+    return usable, skipped
+
+
+def resolve_spacing(
+    setting, spacings: list[tuple[float, float, float]]
+) -> tuple[float, float, float] | None:
+    """The voxel size cases are resampled to (RAS, mm), None for 'source': 'auto' is the
+    per-axis median of ``spacings`` (the training cohort's), as nnU-Net plans it."""
+    value = spacing_setting(setting)
+    if value == "source":
+        return None
+    if value == "auto":
+        return median_spacing(spacings)
+    return value  # type: ignore[return-value]
 
 
 def _storage(run_dir: str, options: StorageOptions) -> tuple[str, Any]:
@@ -331,6 +365,17 @@ def _result(plane: str, future) -> Any:
         raise TrainError(f"plane {plane}: training failed: {err}") from err
 
 
+def _best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The kept epoch's validation figures (highest score, the earliest on a tie)."""
+    best = max(history, key=lambda row: (row.get("val_score", row["val_dice"]), -row["epoch"]))
+    return {
+        "val_dice": float(best["val_dice"]),
+        "val_lesion_f1": float(best.get("val_lesion_f1", float("nan"))),
+        "val_score": float(best.get("val_score", best["val_dice"])),
+        "best_epoch": int(best["epoch"]),
+    }
+
+
 def _collect(result, config: TrainConfig, plane: str) -> dict[str, Any]:
     """Copy a finished plane's best weights into the run folder; return its final state."""
     if result.checkpoint is None:
@@ -355,6 +400,25 @@ def _resolved(config: TrainConfig) -> TrainConfig:
     )
 
 
+@ray.remote(num_cpus=1)
+def _validate_task(run_dir: str, run: dict, case_dicts: list[dict], options, use_gpu: bool):
+    from stroke_ray.validation import validate_run
+
+    return validate_run(run_dir, run, case_dicts, options, use_gpu=use_gpu)
+
+
+def _fused_validation(config: TrainConfig, run: dict, case_dicts: list[dict]) -> dict[str, Any]:
+    """The planes and fusion modes scored on the validation cases (stroke_ray.validation)."""
+    task = _validate_task.options(num_gpus=1 if config.use_gpu else 0)
+    try:
+        return ray.get(
+            task.remote(config.out, run, case_dicts, config.storage_options, config.use_gpu)
+        )
+    except Exception as err:  # noqa: BLE001 - the planes are trained: report, do not fail
+        logger.warning("fused validation failed, no minimum lesion size suggested: %s", err)
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
 def _split(config: TrainConfig, usable: list[Case], total: int, skipped) -> dict[str, list[str]]:
     if len(usable) < config.min_cases:
         raise TrainError(
@@ -373,13 +437,15 @@ def _split(config: TrainConfig, usable: list[Case], total: int, skipped) -> dict
 def _check_definition(
     config: TrainConfig, previous: dict[str, Any] | None, split: dict[str, list[str]] | None
 ) -> dict[str, Any]:
-    """This call's definition (without the split until it is known); a previous run folder
-    of another definition stops the run here."""
+    """This call's definition (without the split, and an ``auto`` spacing, until the cases
+    are read); a previous run folder of another definition stops the run here."""
     definition = run_definition(config, split)
     if previous is not None:
         recorded = previous.get("definition")
         if recorded is not None and split is None:
-            recorded = {key: value for key, value in recorded.items() if key != "split"}
+            unknown = {"split"} | ({"spacing"} if spacing_setting(config.spacing) == "auto" else set())
+            recorded = {key: value for key, value in recorded.items() if key not in unknown}
+            definition = {key: value for key, value in definition.items() if key not in unknown}
         ensure_same_definition(config.out, recorded, definition, "--restart")
     return definition
 
@@ -387,6 +453,7 @@ def _check_definition(
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train the plane models and write the run folder; return the run summary."""
     config = _resolved(config)
+    spacing_setting(config.spacing)  # a bad --spacing fails before any work
     options = config.storage_options
     inputs = _inputs(config)
     if config.restart and remove_tree(config.out, options):
@@ -395,8 +462,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     _check_definition(config, previous, None)  # options first: before reading any case
     build_model(config.model, config.weights, options)  # bad weights fail before any work
     cases = load_cohort(config.cohort, options)
-    usable, skipped = screen_cases(cases, options, inputs)
+    usable, skipped, spacings = _screen(cases, options, inputs)
     split = _split(config, usable, len(cases), skipped)
+    spacing_mm = resolve_spacing(config.spacing, [spacings[case.case_id] for case in usable])
+    config = replace(config, spacing=spacing_mm or ("source",))
     definition = _check_definition(config, previous, split)
     recorded = (previous or {}).get("planes", {})
     todo = [
@@ -411,6 +480,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "model": config.model.to_dict(),
         "versions": package_versions(),
         "split": split,
+        "spacing_mm": list(spacing_mm) if spacing_mm else None,
         "skipped_cases": skipped,
         "planes": {p: v for p, v in recorded.items() if p not in todo},
     }
@@ -421,6 +491,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "storage_options_ref": ray.put(options),
         "train_cases": [by_id[case_id] for case_id in split["train"]],
         "val_cases": [by_id[case_id] for case_id in split["val"]],
+        "spacing_mm": spacing_mm,
     }
     cpus = _cpus_per_worker(config, len(todo))
     logger.info("training planes %s (%.2f CPU per worker)", todo, cpus)
@@ -431,7 +502,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     for plane, result in results.items():
         state = _collect(result, config, plane)
         run["planes"][plane] = {
-            "val_dice": float(state["best_dice"]),
+            **_best_epoch(state["history"]),
             "epochs": len(state["history"]),
             "failed_cases": dict(state.get("failed_cases", {})),
         }
@@ -440,6 +511,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if missing:
         raise TrainError(f"{config.out}: planes {missing} have no result; rerun to resume them")
     write_parquet(pd.concat(frames, ignore_index=True), history_uri(config.out), options)
+    run["validation"] = _fused_validation(config, run, [by_id[c] for c in split["val"]])
+    run["suggested_min_lesion_ml"] = run["validation"].get("suggested_min_lesion_ml", {})
     run["status"] = "finished"
     write_json(run, run_json_uri(config.out), options)
     return run

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import affine_for, write_case
+from scipy import ndimage
 
 from stroke_ray.case_outputs import (
     CaseMasks,
@@ -182,3 +183,45 @@ def test_error_row_and_voxel_volume():
     assert row == {**COMMON, **expected}
     assert voxel_ml((1.0, 2.0, 3.0)) == pytest.approx(0.006)
     assert voxel_ml((3.0, 3.0, 3.0)) == pytest.approx(0.027)
+
+
+def test_resampled_case_votes_on_the_source_grid(tmp_path: Path):
+    """Network grid of another voxel size: probabilities go back linearly, then the vote."""
+    volumes = _volumes(tmp_path, "LPS")
+    head = np.any(volumes.images != 0, axis=0)
+    label = np.zeros(SHAPE, np.uint8)
+    label[4:9, 4:9, 3:7] = 1
+    label &= head
+    volumes.label = label
+    prepared = prepare(volumes, spacing_mm=(0.5, 0.5, 0.5))
+    assert prepared.geometry.resampled
+    result = case_masks(
+        _predictions(prepared),
+        prepared.brain,
+        prepared.geometry,
+        FusionSettings(extra_fusions=("soft",)),
+    )
+    for mask in result.masks.values():
+        assert mask.shape == SHAPE and mask.dtype == np.uint8
+    np.testing.assert_array_equal(result.masks["axial"], label)  # upsampled and back: exact
+    np.testing.assert_array_equal(result.masks["fused"], label)
+    np.testing.assert_array_equal(result.masks["fused_soft"], label)
+    assert abs(result.brain_voxels - int(head.sum())) < 0.1 * head.sum()  # source voxels
+
+
+def test_min_lesion_size_removes_small_fused_lesions_only(tmp_path: Path):
+    volumes = _volumes(tmp_path, "RAS")
+    head = np.any(volumes.images != 0, axis=0)
+    big = np.zeros(SHAPE, np.uint8)
+    big[3:7, 4:8, 3:6] = 1
+    big &= head  # tens of voxels of 3 µl: over 0.01 ml
+    lone = np.argwhere(head & ~ndimage.binary_dilation(big, iterations=2))[0]
+    label = big.copy()
+    label[tuple(lone)] = 1  # one voxel, 0.003 ml
+    volumes.label = label
+    prepared = prepare(volumes)
+    settings = FusionSettings(extra_fusions=("soft",), min_lesion_ml=0.01)
+    result = case_masks(_predictions(prepared), prepared.brain, prepared.geometry, settings)
+    np.testing.assert_array_equal(result.masks["fused"], big)
+    np.testing.assert_array_equal(result.masks["fused_soft"], big)
+    np.testing.assert_array_equal(result.masks["axial"], label)  # planes are left as they are

@@ -138,3 +138,36 @@ def test_config_imports_neither_torch_nor_ray():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_spacing_setting_accepts_auto_source_or_three_sizes():
+    from stroke_ray.config import spacing_setting
+
+    assert TrainConfig.spacing == ("auto",)
+    assert spacing_setting(("auto",)) == "auto" and spacing_setting("source") == "source"
+    assert spacing_setting(("1", "1", "5")) == (1.0, 1.0, 5.0)
+    assert spacing_setting((1.0, 1.0, 2.5)) == (1.0, 1.0, 2.5)
+    for bad in (("auto", "1"), (1.0, 2.0), (1.0, 0.0, 1.0), ("x",), ()):
+        with pytest.raises(ValueError, match="spacing"):
+            spacing_setting(bad)
+
+
+def test_issue15_training_flags():
+    from stroke_ray.cli import build_parser
+    from stroke_ray.options import from_args
+
+    parser = build_parser()
+    base = ["train", "--cohort", "c", "--out", "o"]
+    config = from_args(TrainConfig, parser.parse_args(base))
+    assert config.augment and config.spacing == ("auto",)
+    assert config.checkpoint_metric == "dice_lesion_f1"
+    args = parser.parse_args([*base, "--no-augment", "--spacing", "1", "1", "5"])
+    config = from_args(TrainConfig, args)
+    assert not config.augment and config.spacing == (1.0, 1.0, 5.0)
+    assert from_args(TrainConfig, parser.parse_args([*base, "--spacing", "source"])).spacing == (
+        "source",
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--spacing", "-1"])
+    segment = build_parser().parse_args(["segment", "--cohort", "c", "--model", "m", "--out", "o"])
+    assert segment.min_lesion_ml is None

@@ -9,7 +9,13 @@ import pytest
 import torch
 from helpers import TINY_MODEL
 
-from stroke_ray.config import ExperimentConfig, TrainConfig, weights_label
+from stroke_ray.config import (
+    FUSION_MODES,
+    ExperimentConfig,
+    SegmentConfig,
+    TrainConfig,
+    weights_label,
+)
 from stroke_ray.experiment import paper_table, run_experiment
 
 pytestmark = pytest.mark.slow
@@ -47,7 +53,8 @@ def test_arms_and_metrics(experiment, demo_manifest):
     frame = pd.read_parquet(out / "metrics.parquet")
     assert set(frame["weights"]) == {"pretrained-my_encoder", "scratch"}
     sources = set(frame["source"])
-    assert {"axial", "coronal", "sagittal", "fused", "fused_weighted", "fused_soft"} <= sources
+    others = {f"fused_{mode}" for mode in FUSION_MODES if mode != SegmentConfig.fusion}
+    assert {"axial", "coronal", "sagittal", "fused", *others} <= sources
     test_cases = set(summary["folds"][0]["test"])
     train_cases = set(summary["folds"][0]["train"])
     assert test_cases.isdisjoint(train_cases) and set(frame["case_id"]) == test_cases

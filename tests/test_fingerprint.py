@@ -137,7 +137,7 @@ def test_previous_run(tmp_path: Path):
 
 
 def test_segment_definition():
-    config = SegmentConfig(cohort="c", model="/runs/r", out="o")
+    config = SegmentConfig(cohort="c", model="/runs/r", out="o", fusion="majority")
     definition = segment_definition(config, RUN)
     assert definition == {
         "model": "/runs/r",
@@ -166,7 +166,9 @@ def test_segment_definition():
 
 
 def test_segmentation_folder_refuses_another_definition(tmp_path: Path):
-    config = SegmentConfig(cohort="c", model="/runs/r", out=str(tmp_path / "seg"))
+    config = SegmentConfig(
+        cohort="c", model="/runs/r", out=str(tmp_path / "seg"), fusion="majority"
+    )
     assert _prepare_out(config, RUN) == set()
     recorded = json.loads((tmp_path / "seg" / "segment.json").read_text())
     assert recorded["definition"] == segment_definition(config, RUN)

@@ -139,3 +139,31 @@ def test_probability_spread():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="unknown fusion mode 'mean'"):
         fuse(_votes(PATTERNS), "mean")
+
+
+# --------------------------------------------------------------------------- minimum lesion size
+
+
+def test_min_lesion_voxels_rounds_up_to_the_volume():
+    from stroke_ray.fusion import min_lesion_voxels
+
+    assert min_lesion_voxels(0.0, (1, 1, 1)) == 0
+    assert min_lesion_voxels(None, (1, 1, 1)) == 0
+    assert min_lesion_voxels(0.01, (1, 1, 1)) == 10  # 10 voxels of 1 µl are 0.01 ml: kept
+    assert min_lesion_voxels(0.0105, (1, 1, 1)) == 11
+    assert min_lesion_voxels(0.04, (1, 2, 5)) == 4
+
+
+def test_remove_small_lesions_uses_26_connectivity_and_ml():
+    from stroke_ray.fusion import remove_small_lesions
+
+    mask = np.zeros((12, 12, 12), np.uint8)
+    mask[1, 1, 1] = mask[2, 2, 2] = 1  # two voxels touching by a corner: one lesion of 2
+    mask[6:8, 6:8, 6:8] = 1  # 8 voxels
+    spacing = (1.0, 1.0, 2.0)  # 2 µl per voxel
+    np.testing.assert_array_equal(remove_small_lesions(mask, 0.0, spacing), mask)
+    np.testing.assert_array_equal(remove_small_lesions(mask, 0.004, spacing), mask)  # 2 voxels
+    kept = remove_small_lesions(mask, 0.005, spacing)  # 3 voxels needed
+    assert kept.dtype == np.uint8 and int(kept.sum()) == 8 and kept[6:8, 6:8, 6:8].all()
+    assert not remove_small_lesions(mask, 0.017, spacing).any()  # 9 voxels needed
+    assert not remove_small_lesions(np.zeros_like(mask), 1.0, spacing).any()

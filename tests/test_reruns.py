@@ -58,8 +58,9 @@ def test_segment_into_an_output_of_other_fusion_stops_unless_overwrite(
     from stroke_ray.segment import segment
 
     config = SegmentConfig(
-        cohort=str(demo_manifest), model=str(trained_run), out=str(tmp_path / "out"), batch_size=8
-    )
+        cohort=str(demo_manifest), model=str(trained_run), out=str(tmp_path / "out"), batch_size=8,
+        fusion="majority",
+    )  # fmt: skip
     segment(config)
     mask = tmp_path / "out" / "masks" / "demo_000.nii.gz"
     written = mask.stat().st_mtime_ns

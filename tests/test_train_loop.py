@@ -75,12 +75,16 @@ class LesionEverywhere(torch.nn.Module):
 
 
 def test_phase_from_scratch_trains_everything_at_lr():
-    config = _config(weights="none", freeze_epochs=3, lr=1e-3, finetune_lr=1e-5)
+    config = _config(
+        weights="none", freeze_epochs=3, lr=1e-3, finetune_lr=1e-5, lr_schedule="constant"
+    )
     assert [phase(epoch, config) for epoch in range(5)] == [Phase(False, 1e-3)] * 5
 
 
 def test_phase_pretrained_freezes_then_fine_tunes():
-    config = _config(weights="imagenet", freeze_epochs=2, lr=1e-3, finetune_lr=1e-5)
+    config = _config(
+        weights="imagenet", freeze_epochs=2, lr=1e-3, finetune_lr=1e-5, lr_schedule="constant"
+    )
     assert [phase(epoch, config) for epoch in range(4)] == [
         Phase(encoder_frozen=True, lr=1e-3),
         Phase(encoder_frozen=True, lr=1e-3),
@@ -90,7 +94,13 @@ def test_phase_pretrained_freezes_then_fine_tunes():
 
 
 def test_phase_pretrained_without_freezing_fine_tunes_from_the_start():
-    config = _config(weights="/weights/encoder.pt", freeze_epochs=0, lr=1e-3, finetune_lr=1e-5)
+    config = _config(
+        weights="/weights/encoder.pt",
+        freeze_epochs=0,
+        lr=1e-3,
+        finetune_lr=1e-5,
+        lr_schedule="constant",
+    )
     assert [phase(epoch, config) for epoch in range(3)] == [Phase(False, 1e-5)] * 3
 
 
@@ -455,3 +465,94 @@ def test_gpu_checkpoint_is_cpu_and_restored_state_is_on_the_gpu():
     target_optimizer = torch.optim.Adam(target.parameters(), lr=1e-3)
     restore_training(target, target_optimizer, load_checkpoint_state(checkpoint_bytes(state)))
     assert all(m["exp_avg"].device.type == "cuda" for m in target_optimizer.state.values())
+
+
+# --------------------------------------------------------------------------- issue 15: schedule,
+# lesion-wise validation and checkpoint selection
+
+
+def test_cosine_schedule_decays_each_phase_to_five_percent():
+    from stroke_ray.train_loop import COSINE_FLOOR
+
+    scratch = _config(weights="none", epochs=5, lr=1e-3, lr_schedule="cosine")
+    rates = [phase(epoch, scratch).lr for epoch in range(5)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-3 * COSINE_FLOOR)
+    assert rates[2] == pytest.approx(1e-3 * (1 + COSINE_FLOOR) / 2)
+    assert all(a > b for a, b in zip(rates[:-1], rates[1:], strict=True))
+    pretrained = _config(
+        weights="imagenet", epochs=5, freeze_epochs=2, lr=1e-3, finetune_lr=1e-4,
+        lr_schedule="cosine",
+    )  # fmt: skip
+    phases = [phase(epoch, pretrained) for epoch in range(5)]
+    assert [p.encoder_frozen for p in phases] == [True, True, False, False, False]
+    assert [p.lr for p in phases] == pytest.approx(
+        [1e-3, 1e-3 * COSINE_FLOOR, 1e-4, 1e-4 * (1 + COSINE_FLOOR) / 2, 1e-4 * COSINE_FLOOR]
+    )
+    assert phase(0, _config(weights="none", epochs=1, lr_schedule="cosine")).lr == 1e-3
+
+
+def test_evaluate_scores_lesions_per_restacked_case():
+    """Case a: its lesion found plus a false one in another slice; case b: lesion missed."""
+
+    class Oracle(torch.nn.Module):
+        """Predicts the batch's lesion map given as the fifth channel."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(8.0))
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            lesion = images[:, 4] * self.scale - self.scale / 2
+            return torch.stack([torch.zeros_like(lesion), lesion], dim=1)
+
+    a, b = _case("a", (32, 32, 4)), _case("b", (32, 32, 3), seed=1)
+    found_and_false = a.label.astype(np.float32)
+    found_and_false[20:23, 20:23, 3] = 1  # a second, false lesion two slices away
+    a.image = np.concatenate([a.image, found_and_false[None]])
+    b.image = np.concatenate([b.image, np.zeros((1, 32, 32, 3), np.float32)])
+    evaluation = evaluate(Oracle(), _slices(a, b), HybridLoss(), CPU, batch_size=3)
+    assert evaluation.cases == 2 and evaluation.slices == 7
+    assert evaluation.lesion_f1 == pytest.approx((2 / 3 + 0.0) / 2)  # a: 2·1/(2+1); b: 0
+    lesion = a.label.sum()
+    assert evaluation.dice == pytest.approx(2 * lesion / (2 * lesion + 9 + b.label.sum()))
+
+
+def test_selection_score_combines_dice_and_lesion_f1():
+    from stroke_ray.train_loop import selection_score
+
+    evaluation = Evaluation(loss=0.1, dice=0.6, slices=5, lesion_f1=0.2, cases=2)
+    assert selection_score(evaluation) == pytest.approx(0.4)
+    assert selection_score(evaluation, "dice") == 0.6
+    assert selection_score(evaluation, "lesion_f1") == 0.2
+    with pytest.raises(ValueError):
+        selection_score(evaluation, "loss")
+    assert TrainConfig.checkpoint_metric == "dice_lesion_f1"
+
+
+def test_progress_keeps_the_best_score_not_the_best_dice():
+    model = _model()
+    progress = Progress()
+    progress.record(model, {"epoch": 0}, dice=0.6, score=0.4)
+    progress.record(model, {"epoch": 1}, dice=0.7, score=0.35)  # more Dice, fewer lesions
+    assert (progress.best_dice, progress.best_score) == (0.6, 0.4)
+    progress.record(model, {"epoch": 2}, dice=0.5, score=0.45)
+    assert (progress.best_dice, progress.best_score) == (0.5, 0.45)
+    optimizer = torch.optim.Adam(model.parameters())
+    state = checkpoint_state(
+        model, optimizer, epoch=2, best_model=progress.best_model, best_dice=progress.best_dice,
+        history=[], best_score=progress.best_score,
+    )  # fmt: skip
+    restored = restore_training(model, optimizer, load_checkpoint_state(checkpoint_bytes(state)))
+    assert (restored.best_dice, restored.best_score) == (0.5, 0.45)
+    old = checkpoint_state(model, optimizer, epoch=0, best_model={}, best_dice=0.3, history=[])
+    del old["best_score"]  # a checkpoint written before the score existed
+    assert restore_training(model, optimizer, old).best_score == 0.3
+
+
+def test_epoch_metrics_row_records_lesion_f1_and_score():
+    row = epoch_metrics(
+        "axial", 0, Phase(False, 1e-3), 0.7, 5, Evaluation(0.6, 0.4, 12, 0.8, 3), 30,
+        started=0.0, score=0.6,
+    )  # fmt: skip
+    assert (row["val_dice"], row["val_lesion_f1"], row["val_score"]) == (0.4, 0.8, 0.6)
+    assert row["val_cases"] == 3
