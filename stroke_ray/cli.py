@@ -23,7 +23,7 @@ from stroke_ray.config import (
     SegmentConfig,
     TrainConfig,
 )
-from stroke_ray.options import add_options, from_args
+from stroke_ray.options import add_options, defaults_of, from_args
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -39,7 +39,8 @@ QUICKSTART_TRAINING = {
 QUICKSTART_HELD_OUT = 0.25
 PRETRAIN_TRAINING = {"epochs": 2, "max_steps_per_epoch": 20}
 _ARM_FIELDS = ("cohort", "out", "weights")  # set per experiment arm
-_DEMO_FIXED = ("out_dir", "seed", "layout", "sequences")  # quickstart's cohort: a manifest
+# quickstart's cohort: a manifest at the demo's voxel size (--spacing is training's)
+_DEMO_FIXED = ("out_dir", "seed", "layout", "sequences", "spacing")
 
 
 def _add_runtime(parser: argparse.ArgumentParser) -> None:
@@ -175,7 +176,11 @@ def run_quickstart(args: argparse.Namespace) -> int:
     _init_ray(args)
     training = _training(args, cohort="", out="")
     demo = from_args(
-        DemoConfig, args, out_dir=str(Path(args.out_dir) / "cohort"), seed=training.seed
+        DemoConfig,
+        args,
+        out_dir=str(Path(args.out_dir) / "cohort"),
+        seed=training.seed,
+        spacing=defaults_of(DemoConfig)["spacing"],
     )
     quickstart(
         Path(args.out_dir), demo=demo, held_out_fraction=QUICKSTART_HELD_OUT, training=training

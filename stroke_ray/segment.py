@@ -446,7 +446,9 @@ def _run_pipeline(
     dataset = dataset.map(
         read_stage,
         fn_kwargs={
-            "inputs": inputs, "options_ref": options_ref, "spacing_mm": run.get("spacing_mm")
+            "inputs": inputs,
+            "options_ref": options_ref,
+            "spacing_mm": run.get("spacing_mm"),
         },
         num_cpus=0.25,
     )

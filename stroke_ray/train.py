@@ -95,7 +95,10 @@ def _inputs(config: TrainConfig) -> Inputs:
 
 
 def _load_slices(
-    case_dicts: list[dict], options: StorageOptions, plane: str, inputs: Inputs,
+    case_dicts: list[dict],
+    options: StorageOptions,
+    plane: str,
+    inputs: Inputs,
     spacing_mm: list[float] | None = None,
 ) -> tuple[PlaneSlices, dict[str, str]]:
     """This worker's cases as plane slices, and the reason for each case that failed."""
@@ -443,7 +446,9 @@ def _check_definition(
     if previous is not None:
         recorded = previous.get("definition")
         if recorded is not None and split is None:
-            unknown = {"split"} | ({"spacing"} if spacing_setting(config.spacing) == "auto" else set())
+            unknown = {"split"} | (
+                {"spacing"} if spacing_setting(config.spacing) == "auto" else set()
+            )
             recorded = {key: value for key, value in recorded.items() if key not in unknown}
             definition = {key: value for key, value in definition.items() if key not in unknown}
         ensure_same_definition(config.out, recorded, definition, "--restart")

@@ -9,6 +9,7 @@ import pytest
 from helpers import affine_for, head_mask
 from scipy import ndimage
 
+from stroke_ray.config import SEQUENCES
 from stroke_ray.preprocess import (
     PAD_MULTIPLE,
     median_spacing,
@@ -35,7 +36,9 @@ def _thick_case(label: np.ndarray | None = None) -> CaseVolumes:
         label = np.zeros(SHAPE, np.uint8)
         label[BLOB] = 1
     header = nib.Nifti1Image(images[0].astype(np.float32), affine).header
-    return CaseVolumes("thick", images.astype(np.float32), label, affine, header)
+    return CaseVolumes(
+        "thick", images.astype(np.float32), SEQUENCES, "flair", label, affine, header
+    )
 
 
 def _box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
