@@ -204,12 +204,21 @@ class SegmentConfig:
     num_actors: int = option("model actors (each holds the three models)", default=1)
     batch_size: int = option("slices per forward pass", default=16)
     precision: str = option(
-        "auto = bf16 autocast on GPU, fp32 on CPU", default="auto", choices=PRECISIONS
+        "auto = bf16 autocast where bf16 is native (GPU, CPU with avx512_bf16/amx_bf16), else "
+        "fp32; bf16 on a CPU without it is emulated, ~40x slower",
+        default="auto",
+        choices=PRECISIONS,
     )
     save_planes: bool = option(
         "also write per-plane masks, the probability map and the spread map", default=False
     )
     overwrite: bool = option("redo cases already finished in OUT", default=False)
+    price_per_hour: float | None = option(
+        "price of one node per hour, as you pay it (any currency): throughput.json then gives "
+        "the job's cost and the cost per 1,000 volumes",
+        default=None,
+        metavar="P",
+    )
     extra_fusions: tuple[str, ...] = ()
     storage_options: dict[str, Any] | None = _storage_field()
 
