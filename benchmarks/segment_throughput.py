@@ -113,16 +113,18 @@ def whole_job(
 
 
 def cohort(args: argparse.Namespace, root: Path) -> Path:
-    """The demo cohort, generated once per workdir and settings (full size takes minutes)."""
+    """The demo cohort, generated once per workdir and size (full size takes minutes)."""
     folder = root / "cohort"
-    wanted = {"cases": args.cases, "shape": list(args.shape), "spacing_mm": args.spacing}
+    wanted = {"shape": list(args.shape), "spacing_mm": args.spacing}
     settings = folder / "benchmark_cohort.json"
-    if settings.exists() and json.loads(settings.read_text()) == wanted:
-        return folder / "manifest.csv"
+    if settings.exists():
+        made = json.loads(settings.read_text())
+        if made.pop("cases") >= args.cases and made == wanted:
+            return subset_manifest(folder / "manifest.csv", args.cases, f"cases_{args.cases}.csv")
     manifest = generate_cohort(
         folder, n_cases=args.cases, shape=args.shape, spacing_mm=args.spacing
     )
-    settings.write_text(json.dumps(wanted))
+    settings.write_text(json.dumps({"cases": args.cases, **wanted}))
     return manifest
 
 
