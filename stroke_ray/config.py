@@ -26,6 +26,7 @@ __all__ = [
     "ExperimentConfig",
     "DemoConfig",
     "ReportConfig",
+    "PlanConfig",
     "parse_storage_options",
     "is_scratch",
     "weights_label",
@@ -274,6 +275,24 @@ class ReportConfig:
         "where to write the report (default OUT/report.html)", default=None, metavar="PATH"
     )
     max_cases: int = option("case pictures, worst fused Dice first", default=50, metavar="N")
+    storage_options: dict[str, Any] | None = _storage_field()
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Nodes and cost for a cohort, from a previous segment job's throughput.json."""
+
+    cases: int = option("cases (volumes) to segment", metavar="N")
+    hours: float = option("hours the job may take", metavar="T")
+    throughput: str = option(
+        "a previous segment job's OUT/throughput.json (or its OUT folder), path or URI",
+        metavar="PATH",
+    )
+    price_per_hour: float | None = option(
+        "price of one node of that type per hour (default: the one the job recorded)",
+        default=None,
+        metavar="P",
+    )
     storage_options: dict[str, Any] | None = _storage_field()
 
 

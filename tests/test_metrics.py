@@ -418,9 +418,14 @@ def _nan_free(row: dict) -> dict:
     return {k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
 
+@pytest.mark.parametrize("way", ["tree", "edt", "cheaper"])
 @pytest.mark.parametrize("spacing_mm", [(1.0, 1.0, 1.0), (0.9, 1.1, 3.3)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_evaluate_sources_equals_the_previous_metrics(seed, spacing_mm):
+def test_evaluate_sources_equals_the_previous_metrics(seed, spacing_mm, way, monkeypatch):
+    from stroke_ray import metrics
+
+    if way != "cheaper":  # force one way of computing the surface distances
+        monkeypatch.setattr(metrics, "_TREE_SECONDS_PER_POINT", 0.0 if way == "tree" else 1.0)
     preds, truth = _case_like_sources(seed)
     got = evaluate_sources(preds, truth, spacing_mm)
     assert list(got) == list(preds)
