@@ -158,6 +158,7 @@ class PlanePredictor:
         threads: int | None = None,
         options_ref: Any = None,
     ) -> None:
+        started = time.perf_counter()
         options = _options(options_ref)
         if threads:
             torch.set_num_threads(threads)
@@ -177,6 +178,7 @@ class PlanePredictor:
             "device": self.device.type,
             "precision": resolve_precision(precision, self.device.type),
             "torch_threads": torch.get_num_threads(),
+            "load_seconds": round(time.perf_counter() - started, 2),  # the models, once
         }
 
     def predict(self, prepared: Prepared) -> dict[str, PlanePrediction]:
