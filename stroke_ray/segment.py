@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -281,10 +282,23 @@ def write_stage(row: dict[str, Any], settings: WriteSettings, options_ref: Any =
     return CaseWriter(settings, _options(options_ref))(row)
 
 
+def threads_per_actor(node_cpus: list[float], num_actors: int) -> int:
+    """Torch threads of a CPU model actor: its node's cores shared by the actors placed there.
+
+    Actors spread over the nodes (``ceil(actors / nodes)`` on the busiest), and the smallest
+    node counts: a thread per core, never more threads than cores (read and write tasks run
+    beside the actors; two threads on two cores stay the fastest choice for the model).
+    """
+    if not node_cpus:
+        return 1
+    per_node = math.ceil(max(num_actors, 1) / len(node_cpus))
+    return max(1, int(min(node_cpus)) // per_node)
+
+
 def _threads_per_actor(config: SegmentConfig) -> int:
-    """CPU actors share the node's cores (read/write tasks run beside them)."""
-    node_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-    return max(1, node_cpus // max(config.num_actors, 1))
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    cpus = [float(r["CPU"]) for r in nodes if r.get("CPU")] or [float(os.cpu_count() or 1)]
+    return threads_per_actor(cpus, config.num_actors)
 
 
 def _plane_weights(config: SegmentConfig, run: dict[str, Any]) -> dict[str, float] | None:
