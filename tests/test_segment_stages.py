@@ -66,7 +66,8 @@ def test_a_case_carries_its_stage_timings_to_the_summary_row(tmp_path: Path):
     assert result["slices"] == work.slices > 0
     assert json.loads(result["predictor"])["precision"] == "fp32"
     rows = pd.read_parquet(tmp_path / "out" / "cases" / "c1.parquet")
-    assert (rows["seconds"] == pytest.approx(result["seconds"])).all()
+    # the rows are written inside the write stage: their seconds stop just before its end
+    assert ((rows["seconds"] > 1.5) & (rows["seconds"] <= result["seconds"])).all()
 
 
 def test_a_failed_read_still_reports_its_time(tmp_path: Path):
