@@ -42,10 +42,10 @@ from benchmarks.common import (
     workdir,
     write_results,
 )
+from benchmarks.segment_throughput import cohort
 from stroke_ray.case_outputs import FusionSettings, case_masks
 from stroke_ray.cohort import load_cohort
 from stroke_ray.config import PLANES, ModelConfig
-from stroke_ray.demo import generate_cohort
 from stroke_ray.inference import predict_plane
 from stroke_ray.planes import brain_slice_indices, volume_to_slices
 from stroke_ray.preprocess import prepare
@@ -236,9 +236,8 @@ def compare(row: dict[str, Any], probabilities: np.ndarray, reference: np.ndarra
 
 def runtime_table(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
     """Every runtime on one full-size case's plane."""
-    manifest = generate_cohort(
-        root / "cohort", n_cases=1, shape=args.shape, spacing_mm=args.spacing
-    )
+    args.cases = 1  # the first case of the workdir's benchmark cohort (made if missing)
+    manifest = cohort(args, root)
     prepared = prepare(read_case(load_cohort(str(manifest))[0]))
     run_dir = (
         Path(args.run) if args.run else make_random_run(root / "run", args.encoder, args.decoder)
