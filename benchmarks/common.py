@@ -131,6 +131,9 @@ def start_ray(num_cpus: int = 2, num_gpus: int = 0) -> float:
     import ray
     import ray.data
 
+    # Ray starts its workers at nice 15, this process runs at 0: with anything else running,
+    # the job's workers would yield to it and the bare model would not; same priority for both
+    os.environ.setdefault("RAY_worker_niceness", "0")
     started = time.perf_counter()
     ray.init(
         address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
