@@ -233,8 +233,8 @@ class _Lesions:
 
 # Seconds per surface point of a k-d tree query and per box voxel of the two EDTs (measured,
 # 2-core EPYC): the cheaper way is taken; both give the same distances.
-_TREE_SECONDS_PER_POINT = 1.5e-6
-_EDT_SECONDS_PER_VOXEL = 1.0e-7
+_TREE_SECONDS_PER_POINT = 0.9e-6
+_EDT_SECONDS_PER_VOXEL = 1.6e-7
 
 
 def _directed_by_edt(pred: _Lesions, truth: _Lesions) -> tuple[np.ndarray, np.ndarray]:
