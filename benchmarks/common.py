@@ -289,14 +289,22 @@ def bare_forward(
                 warm = _warm_brain(prepared.brain, plane, batch_size)
                 predict_plane(model, prepared.image, warm, plane, **options)
         _synchronise(device)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         slices = sum(
             len(predict_plane(model, prepared.image, prepared.brain, plane, **options)[0])
             for plane, model in models.items()
         )
         _synchronise(device)
         seconds = time.perf_counter() - started
-        per_case.append({"case_id": prepared.case_id, "slices": slices, "seconds": seconds})
+        cpu_seconds = time.process_time() - cpu_started
+        per_case.append(
+            {
+                "case_id": prepared.case_id,
+                "slices": slices,
+                "seconds": seconds,
+                "cpu_seconds": round(cpu_seconds, 3),
+            }
+        )
     slices = sum(row["slices"] for row in per_case)
     seconds = sum(row["seconds"] for row in per_case)
     return {
@@ -304,6 +312,7 @@ def bare_forward(
         "slices": slices,
         "seconds": round(seconds, 3),
         "slices_per_s": round(slices / seconds, 2),
+        "cpu_seconds": round(sum(row["cpu_seconds"] for row in per_case), 2),
         "per_case": per_case,
     }
 

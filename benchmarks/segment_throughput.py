@@ -108,6 +108,7 @@ def whole_job(
         "job_slices_counted": throughput["slices"],
         "stage_seconds": throughput["stage_seconds"],
         "cpu_seconds_by_process": cpu.summary(),
+        "cpu_seconds": round(sum(cpu.seconds.values()), 1),
         "throughput_json": throughput,
     }
 
@@ -204,6 +205,9 @@ def main() -> None:
         "bare": bare,
         "job": job,
         "ratio_job_over_bare": ratio,
+        # CPU work of the whole process tree during the job over the bare model's: robust to
+        # other load where wall times are not (spinning model threads inflate both alike)
+        "cpu_ratio_bare_over_job": round(bare["cpu_seconds"] / job["cpu_seconds"], 3),
         "job_overhead_vs_bare": round(job["seconds"] / bare["seconds"] - 1, 3),
         "memory": memory,
     }
