@@ -7,7 +7,6 @@ import csv
 import datetime
 import json
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -20,6 +19,7 @@ import numpy as np
 import psutil
 import torch
 
+from stroke_ray import machine
 from stroke_ray.cohort import load_cohort
 from stroke_ray.config import ModelConfig
 from stroke_ray.inference import predict_plane
@@ -63,37 +63,12 @@ def load_average() -> dict[str, float]:
     return {"1min": round(one, 2), "5min": round(five, 2), "15min": round(fifteen, 2)}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                wanted = ("avx512f", "avx512_bf16", "amx_bf16", "avx2")
-                return [flag for flag in line.split(":", 1)[1].split() if flag in wanted]
-    except OSError:
-        pass
-    return []
-
-
 def machine_info() -> dict[str, Any]:
-    """CPU model, cores, memory, GPU, library versions and the date."""
+    """CPU model and flags, cores, memory, GPU, library versions and the date."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "hostname": platform.node(),
-        "cpu_model": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
-        "cpu_count": os.cpu_count(),
+        **machine.machine_info(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch_threads": torch.get_num_threads(),
         "versions": package_versions(),
     }
@@ -135,6 +110,7 @@ def make_random_run(
         save_plane_model(build_model(config, "none").state_dict(), str(run_dir), plane)
     run = {
         "run_id": run_dir.name,
+        "status": "finished",
         "model": config.to_dict(),
         "planes": {plane: {"val_dice": 0.5} for plane in PLANES},
     }
@@ -155,6 +131,9 @@ def start_ray(num_cpus: int = 2, num_gpus: int = 0) -> float:
     import ray
     import ray.data
 
+    # Ray starts its workers at nice 15, this process runs at 0: with anything else running,
+    # the job's workers would yield to it and the bare model would not; same priority for both
+    os.environ.setdefault("RAY_worker_niceness", "0")
     started = time.perf_counter()
     ray.init(
         address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
@@ -174,6 +153,71 @@ def tree_rss() -> int:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return total
+
+
+def _process_kind(process: psutil.Process) -> str:
+    """A short name for a process of the tree: the Ray stage or service it runs."""
+    try:
+        name = " ".join(process.cmdline()[:1]) or process.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "gone"
+    if name.startswith("ray::"):
+        for stage in ("read_stage", "PlanePredictor", "write_stage"):
+            if stage in name:
+                return stage
+        return name.split("(")[0]
+    return process.name()
+
+
+class CpuByProcess:
+    """CPU seconds of this process and its descendants, by kind, sampled in a thread (a context).
+
+    A process's CPU time since the previous sample goes to the kind it shows at this sample
+    (a Ray worker's title says the stage it runs: ``ray::Map(read_stage)``; idle ones
+    ``ray::IDLE``).
+    """
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.seconds: dict[str, float] = {}
+        self._last: dict[int, float] = {}
+        self._processes: dict[int, psutil.Process] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        for process in [me, *me.children(recursive=True)]:
+            process = self._processes.setdefault(process.pid, process)
+            try:
+                times = process.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            total = times.user + times.system
+            previous = self._last.get(process.pid)
+            self._last[process.pid] = total
+            if previous is not None:
+                kind = "driver" if process.pid == me.pid else _process_kind(process)
+                self.seconds[kind] = self.seconds.get(kind, 0.0) + total - previous
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> CpuByProcess:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def summary(self) -> dict[str, float]:
+        """CPU seconds by kind, largest first."""
+        ranked = sorted(self.seconds.items(), key=lambda item: -item[1])
+        return {kind: round(seconds, 1) for kind, seconds in ranked if seconds >= 0.05}
 
 
 class PeakRss:
@@ -245,14 +289,22 @@ def bare_forward(
                 warm = _warm_brain(prepared.brain, plane, batch_size)
                 predict_plane(model, prepared.image, warm, plane, **options)
         _synchronise(device)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         slices = sum(
             len(predict_plane(model, prepared.image, prepared.brain, plane, **options)[0])
             for plane, model in models.items()
         )
         _synchronise(device)
         seconds = time.perf_counter() - started
-        per_case.append({"case_id": prepared.case_id, "slices": slices, "seconds": seconds})
+        cpu_seconds = time.process_time() - cpu_started
+        per_case.append(
+            {
+                "case_id": prepared.case_id,
+                "slices": slices,
+                "seconds": seconds,
+                "cpu_seconds": round(cpu_seconds, 3),
+            }
+        )
     slices = sum(row["slices"] for row in per_case)
     seconds = sum(row["seconds"] for row in per_case)
     return {
@@ -260,6 +312,7 @@ def bare_forward(
         "slices": slices,
         "seconds": round(seconds, 3),
         "slices_per_s": round(slices / seconds, 2),
+        "cpu_seconds": round(sum(row["cpu_seconds"] for row in per_case), 2),
         "per_case": per_case,
     }
 

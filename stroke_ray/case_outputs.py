@@ -31,7 +31,7 @@ from stroke_ray.fusion import (
     vote_count,
 )
 from stroke_ray.inference import PlanePrediction, restack
-from stroke_ray.metrics import evaluate
+from stroke_ray.metrics import evaluate_sources
 from stroke_ray.preprocess import Geometry, restore, to_source_spacing
 from stroke_ray.qc import agreement_scores, qc_flag
 
@@ -118,15 +118,16 @@ def case_rows(
 ) -> list[dict[str, Any]]:
     """One metric row per source; the ``fused`` row carries the QC columns."""
     unit_ml = voxel_ml(spacing_mm)
+    metrics = None if label is None else evaluate_sources(result.masks, label, spacing_mm)
     rows = []
     for source, mask in result.masks.items():
         row: dict[str, Any] = {**common, "case_id": case_id, "source": source}
         if source.startswith("fused_"):
             row["fusion"] = source.removeprefix("fused_")
-        if label is None:
+        if metrics is None:
             row.update(status="unlabelled", volume_pred_ml=float(mask.sum()) * unit_ml)
         else:
-            row.update(status="ok", **evaluate(mask, label, spacing_mm))
+            row.update(status="ok", **metrics[source])
         rows.append(row)
     fused = result.masks["fused"]
     flag = qc_flag(

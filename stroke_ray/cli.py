@@ -19,6 +19,7 @@ from stroke_ray.config import (
     CohortConfig,
     DemoConfig,
     ExperimentConfig,
+    PlanConfig,
     ReportConfig,
     SegmentConfig,
     TrainConfig,
@@ -270,6 +271,33 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- plan
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `stroke-ray plan`."""
+    add_options(parser, PlanConfig)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """`stroke-ray plan`: nodes and cost for N cases in T hours, from a throughput.json."""
+    from stroke_ray.io import join_uri, read_json
+    from stroke_ray.throughput import plan, plan_text
+
+    config = from_args(PlanConfig, args)
+    uri = config.throughput
+    if not uri.endswith(".json"):
+        uri = join_uri(uri, "throughput.json")
+    measured = read_json(uri, config.storage_options)
+    try:
+        result = plan(measured, config.cases, config.hours, config.price_per_hour)
+    except ValueError as err:
+        logger.error("%s: %s", uri, err)
+        return 2
+    print(plan_text(result, measured.get("machine")))
+    return 0
+
+
 # --------------------------------------------------------------------------- the command
 
 Adder = Callable[[argparse.ArgumentParser], None]
@@ -312,6 +340,14 @@ COMMANDS: dict[str, tuple[Adder, Runner, str, str]] = {
         "Write one HTML file (figures embedded, no network needed) with the run, the summary "
         "table, a sortable per-case table, Dice box plots, training curves, the QC scatter and "
         "FLAIR/DWI pictures of the worst cases with truth and prediction outlined.",
+    ),
+    "plan": (
+        add_plan_arguments, run_plan,
+        "nodes and cost to segment N cases in T hours, from a previous job's throughput.json",
+        "Before spending anything: from the throughput.json that every segment job writes "
+        "(its cases/h per node), how many nodes of that type segment --cases N in --hours T, "
+        "how long they take and, with --price-per-hour (per node, as you pay it), the cost. "
+        "Assumes throughput grows linearly with nodes of the same type.",
     ),
     "experiment": (
         add_experiment_arguments, run_experiment_command,

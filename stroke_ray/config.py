@@ -33,6 +33,7 @@ __all__ = [
     "DemoConfig",
     "ReportConfig",
     "CohortConfig",
+    "PlanConfig",
     "parse_storage_options",
     "is_scratch",
     "weights_label",
@@ -307,7 +308,10 @@ class SegmentConfig:
     num_actors: int = option("model actors (each holds the three models)", default=1)
     batch_size: int = option("slices per forward pass", default=16)
     precision: str = option(
-        "auto = bf16 autocast on GPU, fp32 on CPU", default="auto", choices=PRECISIONS
+        "auto = bf16 autocast where bf16 is native (GPU, CPU with avx512_bf16/amx_bf16), else "
+        "fp32; bf16 on a CPU without it is emulated, ~40x slower",
+        default="auto",
+        choices=PRECISIONS,
     )
     save_planes: bool = option(
         "also write per-plane masks, the probability map and the spread map", default=False
@@ -324,6 +328,12 @@ class SegmentConfig:
         "the value the run suggests from its validation cases, 0 for runs without one)",
         default=None,
         metavar="ML",
+    )
+    price_per_hour: float | None = option(
+        "price of one node per hour, as you pay it (any currency): throughput.json then gives "
+        "the job's cost and the cost per 1,000 volumes",
+        default=None,
+        metavar="P",
     )
     extra_fusions: tuple[str, ...] = ()
     storage_options: dict[str, Any] | None = _storage_field()
@@ -418,6 +428,24 @@ class CohortConfig:
         "write the cases found as a manifest CSV (local path or URI; loads back to the same cases)",
         default=None,
         metavar="OUT.csv",
+    )
+    storage_options: dict[str, Any] | None = _storage_field()
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Nodes and cost for a cohort, from a previous segment job's throughput.json."""
+
+    cases: int = option("cases (volumes) to segment", metavar="N")
+    hours: float = option("hours the job may take", metavar="T")
+    throughput: str = option(
+        "a previous segment job's OUT/throughput.json (or its OUT folder), path or URI",
+        metavar="PATH",
+    )
+    price_per_hour: float | None = option(
+        "price of one node of that type per hour (default: the one the job recorded)",
+        default=None,
+        metavar="P",
     )
     storage_options: dict[str, Any] | None = _storage_field()
 

@@ -191,13 +191,20 @@ def image_like(data: np.ndarray, header: nib.Nifti1Header) -> nib.Nifti1Image:
     return image
 
 
+# gzip level of written images: masks are mostly zeros, and level 1 writes a 230×230×154 mask
+# 3-5× faster than level 4 (~35 KB instead of ~8 KB): CPU time matters more than bytes here
+NIFTI_GZIP_LEVEL = 1
+
+
 def nifti_bytes(image: nib.Nifti1Image, *, compress: bool) -> bytes:
     """Serialise a NIfTI image; gzip it (with a fixed mtime) when ``compress``."""
     raw = image.to_bytes()
     if not compress:
         return raw
     buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=4, mtime=0) as handle:
+    with gzip.GzipFile(
+        fileobj=buffer, mode="wb", compresslevel=NIFTI_GZIP_LEVEL, mtime=0
+    ) as handle:
         handle.write(raw)
     return buffer.getvalue()
 

@@ -169,12 +169,15 @@ def _misfit(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tens
     return "; ".join(problems)
 
 
-def load_weights(model: smp.Unet, uri: str, storage_options: StorageOptions = None) -> str:
+def load_weights(
+    model: smp.Unet, uri: str, storage_options: StorageOptions = None, *, assign: bool = False
+) -> str:
     """Load a whole-model or encoder-only state dict; return which kind was loaded.
 
     The state dict must fit exactly (every key, every shape). smp's own ``load_state_dict``
     overrides silently drop mismatched tensors (and the encoder's returns nothing), so the
-    check is done here and the tensors are copied with ``torch.nn.Module.load_state_dict``.
+    check is done here and the tensors are copied with ``torch.nn.Module.load_state_dict``
+    (``assign``: the loaded tensors replace the model's, e.g. a model built on ``meta``).
     """
     state = load_state_dict(uri, storage_options)
     if any(key.startswith("decoder.") for key in state):
@@ -189,7 +192,7 @@ def load_weights(model: smp.Unet, uri: str, storage_options: StorageOptions = No
         raise WeightsError(
             f"{uri}: {kind} weights do not fit {type(model.encoder).__name__}: {problems}"
         )
-    torch.nn.Module.load_state_dict(target, state, strict=True)
+    torch.nn.Module.load_state_dict(target, state, strict=True, assign=assign)
     return kind
 
 

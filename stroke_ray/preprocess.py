@@ -45,6 +45,7 @@ __all__ = [
 
 PAD_MULTIPLE = 32
 _RAS = orientations.axcodes2ornt(("R", "A", "S"))
+_IDENTITY = orientations.ornt_transform(_RAS, _RAS)
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,13 @@ class Prepared:
 
 def to_canonical(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Reorder the last three axes of ``volume`` from the affine's orientation to RAS."""
+    return np.ascontiguousarray(_canonical_view(volume, affine))
+
+
+def _canonical_view(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """:func:`to_canonical` as a view (flips and transposes, no copy)."""
     transform = orientations.ornt_transform(orientations.io_orientation(affine), _RAS)
-    return _apply_orientation(volume, transform)
+    return _orientation_view(volume, transform)
 
 
 def ras_spacing(
@@ -118,21 +124,43 @@ def ras_spacing(
     return tuple(spacing)  # type: ignore[return-value]
 
 
-def _apply_orientation(volume: np.ndarray, transform: np.ndarray) -> np.ndarray:
-    """nibabel's apply_orientation on the last three axes (channels first are kept)."""
+def _orientation_view(volume: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """nibabel's apply_orientation on the last three axes (channels first are kept), a view."""
+    if np.array_equal(transform, _IDENTITY):
+        return volume
     spatial_first = np.moveaxis(volume, range(volume.ndim - 3), range(3, volume.ndim))
     moved = orientations.apply_orientation(spatial_first, transform)
-    return np.ascontiguousarray(np.moveaxis(moved, range(3, volume.ndim), range(volume.ndim - 3)))
+    return np.moveaxis(moved, range(3, volume.ndim), range(volume.ndim - 3))
 
 
-def zscore(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Z-score each channel over the mask voxels; zero outside the mask."""
-    out = np.zeros_like(images, dtype=np.float32)
-    for channel, image in enumerate(images):
+def _apply_orientation(volume: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """:func:`_orientation_view`, C-contiguous (the volume itself when it already is)."""
+    return np.ascontiguousarray(_orientation_view(volume, transform))
+
+
+def zscore(images: np.ndarray, mask: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+    """Z-score each channel over the mask voxels; zero outside the mask.
+
+    ``in_place`` (float32 input) overwrites ``images`` instead of allocating a second volume;
+    the values are the same.
+    """
+    if images.dtype != np.float32:
+        out = np.zeros_like(images, dtype=np.float32)
+        for channel, image in enumerate(images):
+            values = image[mask]
+            std = float(values.std()) if values.size else 0.0
+            scale = std if std > 1e-6 else 1.0
+            out[channel][mask] = (values - float(values.mean() if values.size else 0.0)) / scale
+        return out
+    out = images if in_place else images.copy()
+    outside = ~mask
+    for image in out:
         values = image[mask]
         std = float(values.std()) if values.size else 0.0
         scale = std if std > 1e-6 else 1.0
-        out[channel][mask] = (values - float(values.mean() if values.size else 0.0)) / scale
+        image -= float(values.mean() if values.size else 0.0)
+        image /= scale
+        image[outside] = 0.0
     return out
 
 
@@ -141,10 +169,14 @@ def _padded_size(size: int) -> int:
 
 
 def _brain_box(brain: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    coords = np.nonzero(brain)
-    start = tuple(int(c.min()) for c in coords)
-    stop = tuple(int(c.max()) + 1 for c in coords)
-    return start, tuple(b - a for a, b in zip(start, stop, strict=True))
+    start, shape = [], []
+    for axis in range(3):
+        present = np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != axis)))
+        if present.size == 0:
+            raise ValueError("empty brain mask: every voxel of every sequence is 0")
+        start.append(int(present[0]))
+        shape.append(int(present[-1]) + 1 - int(present[0]))
+    return tuple(start), tuple(shape)
 
 
 def _crop(volume: np.ndarray, start, shape) -> np.ndarray:
@@ -152,7 +184,7 @@ def _crop(volume: np.ndarray, start, shape) -> np.ndarray:
     window = (slice(None),) * lead + tuple(
         slice(a, a + n) for a, n in zip(start, shape, strict=True)
     )
-    return volume[window]
+    return volume[window]  # a view
 
 
 def _pad(volume: np.ndarray) -> np.ndarray:
@@ -162,7 +194,12 @@ def _pad(volume: np.ndarray) -> np.ndarray:
 
 
 def _crop_pad(volume: np.ndarray, start, shape) -> np.ndarray:
-    return _pad(_crop(volume, start, shape))
+    """The box of ``volume`` copied once into its padded array (C order whatever the input's
+    layout)."""
+    lead = volume.ndim - 3
+    padded = np.zeros(volume.shape[:lead] + tuple(_padded_size(n) for n in shape), volume.dtype)
+    padded[(slice(None),) * lead + tuple(slice(0, n) for n in shape)] = _crop(volume, start, shape)
+    return padded
 
 
 def resampled_shape(
@@ -208,8 +245,10 @@ def _resample_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 def prepare(case: CaseVolumes, spacing_mm: Sequence[float] | None = None) -> Prepared:
     """Reorient to RAS, crop to the brain box, resample to ``spacing_mm`` (RAS order, mm; None
     keeps the source grid), z-score and pad to a multiple of 32."""
-    images = to_canonical(case.images, case.affine)
-    brain_full = np.any(images != 0, axis=0)
+    images = _canonical_view(case.images, case.affine)  # cropping copies: no copy here
+    brain_full = images[0] != 0
+    for image in images[1:]:
+        brain_full |= image != 0
     start, shape = _brain_box(brain_full)
     source_ornt = orientations.io_orientation(case.affine)
     source_spacing = ras_spacing(case.affine, case.spacing_mm)
@@ -222,7 +261,7 @@ def prepare(case: CaseVolumes, spacing_mm: Sequence[float] | None = None) -> Pre
         spacing_mm=source_spacing,
         grid_shape=grid_shape,
     )
-    label = None if case.label is None else to_canonical(case.label, case.affine)
+    label = None if case.label is None else _canonical_view(case.label, case.affine)
     if grid_shape is None:
         brain = _crop_pad(brain_full, start, shape)
         if label is not None:
@@ -235,7 +274,7 @@ def prepare(case: CaseVolumes, spacing_mm: Sequence[float] | None = None) -> Pre
         image = _pad(resample(_crop(images, start, shape), grid_shape))
     return Prepared(
         case_id=case.case_id,
-        image=zscore(image, brain),
+        image=zscore(image, brain, in_place=True),
         label=label,
         brain=brain,
         geometry=geometry,

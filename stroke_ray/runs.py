@@ -134,9 +134,18 @@ def load_plane_model(
 def load_model_of(
     run: Mapping[str, Any], run_dir: str, plane: str, storage_options: StorageOptions = None
 ) -> torch.nn.Module:
-    """A trained plane model of a run whose run.json is already read (eval mode)."""
-    model = build_model(ModelConfig.from_dict(run["model"]), "none")
-    load_weights(model, model_uri(run_dir, plane), storage_options)
+    """A trained plane model of a run whose run.json is already read (eval mode).
+
+    The model is built on the ``meta`` device and takes the file's tensors as they are: no
+    random initialisation of ~30M parameters that the weights replace anyway.
+    """
+    config = ModelConfig.from_dict(run["model"])
+    with torch.device("meta"):
+        model = build_model(config, "none")
+    load_weights(model, model_uri(run_dir, plane), storage_options, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # not all in the file
+        model = build_model(config, "none")
+        load_weights(model, model_uri(run_dir, plane), storage_options)
     return model.eval()
 
 

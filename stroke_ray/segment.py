@@ -14,6 +14,9 @@ more than the cases in flight (memory does not grow with the cohort). Rows carry
    fuse, map back to the source geometry, metrics), then the NIfTI outputs (the fused mask
    flat or as BIDS derivatives, ``--layout``) and the case's metric part (atomically, last).
 
+Each stage times itself (wall and process CPU seconds) into the row; the job writes them,
+with Ray Data's per-operator stats, into ``OUT/throughput.json`` (:mod:`stroke_ray.throughput`).
+
 A failing case never stops the job: each stage turns its exception into an error that names
 the case, file and problem. Fault tolerance: Ray Data restarts a dead actor and re-runs its
 task (``max_restarts=-1``, ``max_task_retries=-1`` are Ray Data's own defaults for actor
@@ -23,10 +26,12 @@ atomically, so each case appears once in the outputs.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import nibabel as nib
@@ -39,7 +44,7 @@ from stroke_ray.cohort import Case, ManifestError, find_cohort
 from stroke_ray.config import FUSION_MODES, SegmentConfig, public_dict
 from stroke_ray.derivatives import sidecar, sidecar_uri, write_dataset_files
 from stroke_ray.fingerprint import ensure_same_definition
-from stroke_ray.inference import PlanePrediction, predict_plane
+from stroke_ray.inference import PlanePrediction, predict_plane, resolve_precision
 from stroke_ray.io import (
     StorageOptions,
     absolute_uri,
@@ -50,6 +55,7 @@ from stroke_ray.io import (
     write_json,
     write_nifti_atomic,
 )
+from stroke_ray.machine import machine_info
 from stroke_ray.outputs import (
     consolidate,
     finished_cases,
@@ -59,6 +65,7 @@ from stroke_ray.outputs import (
 )
 from stroke_ray.preprocess import Prepared, prepare
 from stroke_ray.runs import finished_run, load_model_of, run_inputs
+from stroke_ray.throughput import STAGES, throughput_record
 from stroke_ray.volumes import CaseError, Inputs, read_case
 
 __all__ = [
@@ -90,6 +97,10 @@ class CaseWork:
     label: np.ndarray | None = None  # packed bits of the source-grid label
     spacing_mm: tuple[float, float, float] | None = None  # source voxel size
     predictions: dict[str, PlanePrediction] | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+    cpu_seconds: float = 0.0  # process CPU seconds of the stages (all threads)
+    slices: int = 0  # brain slices predicted over the planes
+    predictor: dict[str, Any] | None = None  # where the model ran (machine, precision)
 
     def fail(self, err: Exception, stage: str) -> None:
         """Turn this case into an error that names the case, the file and the problem."""
@@ -107,6 +118,23 @@ class CaseWork:
         return np.unpackbits(self.label, count=int(np.prod(shape))).reshape(shape)
 
 
+class _StageTimer:
+    """Adds a stage's wall and process CPU seconds to a case (a context)."""
+
+    def __init__(self, work: CaseWork, stage: str) -> None:
+        self.work, self.stage = work, stage
+
+    def __enter__(self) -> _StageTimer:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.wall
+        self.work.stage_seconds[self.stage] = self.work.stage_seconds.get(self.stage, 0.0) + wall
+        self.work.cpu_seconds += time.process_time() - self.cpu
+        self.work.seconds += wall
+
+
 def _options(options_ref: Any) -> StorageOptions:
     return ray.get(options_ref) if options_ref is not None else None
 
@@ -119,7 +147,6 @@ def read_stage(
 ) -> dict[str, Any]:
     """Stage 1 (tasks): read, validate and prepare one case's ``inputs`` (the run's),
     resampled to the run's ``spacing_mm`` if any; a case row in, a work row out."""
-    started = time.perf_counter()
     case = Case.from_dict(row)
     work = CaseWork(
         case_id=case.case_id,
@@ -127,15 +154,15 @@ def read_stage(
         session=case.session,
         reference_uri=case.images.get(inputs.reference),
     )
-    try:
-        volumes = read_case(case, _options(options_ref), inputs=inputs)
-        work.prepared = prepare(volumes, spacing_mm)
-        work.header = volumes.header
-        work.spacing_mm = volumes.spacing_mm
-        work.label = None if volumes.label is None else np.packbits(volumes.label)
-    except Exception as err:  # noqa: BLE001 - any failure becomes this case's error
-        work.fail(err, "read")
-    work.seconds = time.perf_counter() - started
+    with _StageTimer(work, "read"):
+        try:
+            volumes = read_case(case, _options(options_ref), inputs=inputs)
+            work.prepared = prepare(volumes, spacing_mm)
+            work.header = volumes.header
+            work.spacing_mm = volumes.spacing_mm
+            work.label = None if volumes.label is None else np.packbits(volumes.label)
+        except Exception as err:  # noqa: BLE001 - any failure becomes this case's error
+            work.fail(err, "read")
     return {"case_id": case.case_id, "work": work}
 
 
@@ -154,6 +181,7 @@ class PlanePredictor:
         threads: int | None = None,
         options_ref: Any = None,
     ) -> None:
+        started = time.perf_counter()
         options = _options(options_ref)
         if threads:
             torch.set_num_threads(threads)
@@ -168,6 +196,13 @@ class PlanePredictor:
         self.settings = dict(
             batch_size=batch_size, precision=precision, tta=tta, device=self.device
         )
+        self.machine = {
+            **machine_info(),
+            "device": self.device.type,
+            "precision": resolve_precision(precision, self.device.type),
+            "torch_threads": torch.get_num_threads(),
+            "load_seconds": round(time.perf_counter() - started, 2),  # the models, once
+        }
 
     def predict(self, prepared: Prepared) -> dict[str, PlanePrediction]:
         """Each plane's brain-slice probabilities of a prepared case."""
@@ -180,13 +215,14 @@ class PlanePredictor:
         """Predict an ok case; pass a failed one through."""
         work: CaseWork = row["work"]
         if work.error is None:
-            started = time.perf_counter()
-            try:
-                work.predictions = self.predict(work.prepared)
-                work.prepared.image = None  # the writer needs the predictions, not the input
-            except Exception as err:  # noqa: BLE001 - one bad case must not kill the actor
-                work.fail(err, "prediction")
-            work.seconds += time.perf_counter() - started
+            work.predictor = self.machine
+            with _StageTimer(work, "predict"):
+                try:
+                    work.predictions = self.predict(work.prepared)
+                    work.slices = sum(len(ix) for ix, _ in work.predictions.values())
+                    work.prepared.image = None  # the writer needs the predictions, not the input
+                except Exception as err:  # noqa: BLE001 - one bad case must not kill the actor
+                    work.fail(err, "prediction")
         return row
 
 
@@ -256,26 +292,30 @@ class CaseWriter:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         """Write one case; return its summary row."""
         work: CaseWork = row["work"]
-        started = time.perf_counter()
-        rows = None
-        if work.error is None:
-            try:
-                rows = self.rows(work)
-            except Exception as err:  # noqa: BLE001 - one bad case must not stop the job
-                work.fail(err, "restack/vote/write")
-        if rows is None:
-            rows = [error_row(work.case_id, work.error, self._common(work))]
-        seconds = work.seconds + time.perf_counter() - started
-        for metric_row in rows:
-            metric_row["seconds"] = seconds
-        write_case_rows(rows, self.settings.out, work.case_id, self.options)
+        with _StageTimer(work, "write") as timer:
+            rows = None
+            if work.error is None:
+                try:
+                    rows = self.rows(work)
+                except Exception as err:  # noqa: BLE001 - one bad case must not stop the job
+                    work.fail(err, "restack/vote/write")
+            if rows is None:
+                rows = [error_row(work.case_id, work.error, self._common(work))]
+            seconds = work.seconds + time.perf_counter() - timer.wall
+            for metric_row in rows:
+                metric_row["seconds"] = seconds
+            write_case_rows(rows, self.settings.out, work.case_id, self.options)
         fused = next(r for r in rows if r["source"] == "fused")
         return {
             "case_id": work.case_id,
             "status": fused["status"],
             "error": fused.get("error"),
             "dice": fused.get("dice"),
-            "seconds": seconds,
+            "seconds": work.seconds,
+            **{f"{stage}_seconds": work.stage_seconds.get(stage, 0.0) for stage in STAGES},
+            "cpu_seconds": work.cpu_seconds,
+            "slices": work.slices,
+            "predictor": json.dumps(work.predictor) if work.predictor else None,
         }
 
 
@@ -284,10 +324,23 @@ def write_stage(row: dict[str, Any], settings: WriteSettings, options_ref: Any =
     return CaseWriter(settings, _options(options_ref))(row)
 
 
+def threads_per_actor(node_cpus: list[float], num_actors: int) -> int:
+    """Torch threads of a CPU model actor: its node's cores shared by the actors placed there.
+
+    Actors spread over the nodes (``ceil(actors / nodes)`` on the busiest), and the smallest
+    node counts: a thread per core, never more threads than cores (read and write tasks run
+    beside the actors; two threads on two cores stay the fastest choice for the model).
+    """
+    if not node_cpus:
+        return 1
+    per_node = math.ceil(max(num_actors, 1) / len(node_cpus))
+    return max(1, int(min(node_cpus)) // per_node)
+
+
 def _threads_per_actor(config: SegmentConfig) -> int:
-    """CPU actors share the node's cores (read/write tasks run beside them)."""
-    node_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-    return max(1, node_cpus // max(config.num_actors, 1))
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    cpus = [float(r["CPU"]) for r in nodes if r.get("CPU")] or [float(os.cpu_count() or 1)]
+    return threads_per_actor(cpus, config.num_actors)
 
 
 def _plane_weights(config: SegmentConfig, run: dict[str, Any]) -> dict[str, float] | None:
@@ -409,8 +462,56 @@ def segment(config: SegmentConfig, progress=None) -> tuple[Any, dict[str, Any]]:
         len(todo),
     )
     if todo:
-        _run_pipeline(config, run, todo, progress, bids_root)
+        started = time.perf_counter()
+        results, stats = _run_pipeline(config, run, todo, progress, bids_root)
+        _write_throughput(config, results, time.perf_counter() - started, stats)
     return consolidate(config.out, options, case_ids=[case.case_id for case in cases])
+
+
+def _predictor_machine(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the model ran (from the first predicted case), else this machine."""
+    for result in results:
+        if result.get("predictor"):
+            return json.loads(result["predictor"])
+    return machine_info()
+
+
+def _write_throughput(
+    config: SegmentConfig, results: list[dict[str, Any]], wall_seconds: float, stats: str | None
+) -> None:
+    """OUT/throughput.json of this job (see :mod:`stroke_ray.throughput`)."""
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    record = throughput_record(
+        results,
+        wall_seconds=wall_seconds,
+        cluster=ray.cluster_resources(),
+        nodes=max(nodes, 1),
+        num_actors=config.num_actors,
+        gpus_per_actor=(config.gpus_per_actor or 1.0) if config.use_gpu else 0.0,
+        price_per_hour=config.price_per_hour,
+        machine=_predictor_machine(results),
+        ray_data_stats=stats,
+    )
+    write_json(record, join_uri(config.out, "throughput.json"), config.storage_options)
+    logger.info(
+        "%d cases in %.1f s: %.1f cases/h, %.2f slices/s%s",
+        record["cases"],
+        wall_seconds,
+        record["cases_per_hour"] or 0.0,
+        record["slices_per_s"] or 0.0,
+        ""
+        if record["cost_per_1000_volumes"] is None
+        else f", {record['cost_per_1000_volumes']:.2f} per 1,000 volumes",
+    )
+
+
+def _dataset_stats(dataset: Any) -> str | None:
+    """Ray Data's per-operator stats of an executed dataset (None if Ray cannot say)."""
+    try:
+        return dataset.stats()
+    except Exception as err:  # noqa: BLE001 - statistics must never fail a finished job
+        logger.debug("no Ray Data stats: %s", err)
+        return None
 
 
 def _run_pipeline(
@@ -419,7 +520,8 @@ def _run_pipeline(
     todo: list[Case],
     progress,
     bids_root: str | None = None,
-) -> None:
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Run the Ray Data pipeline over the cases; their result rows and Ray Data's stats."""
     options_ref = ray.put(config.storage_options)
     inputs = run_inputs(run)
     settings = WriteSettings(
@@ -470,8 +572,11 @@ def _run_pipeline(
     dataset = dataset.map(
         write_stage, fn_kwargs={"settings": settings, "options_ref": options_ref}, num_cpus=0.25
     )
+    results = []
     for result in dataset.iter_rows():
+        results.append(result)
         if progress is not None:
             progress(result)
         if result["status"] == "error":
             logger.warning("%s", result["error"])
+    return results, _dataset_stats(dataset)

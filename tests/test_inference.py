@@ -3,6 +3,8 @@ slice order; test-time augmentation averages the prediction with its two in-plan
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -144,10 +146,40 @@ def test_no_brain_slices_gives_an_empty_prediction():
     assert not restack((indices, probabilities), (3, 4, 5), "coronal").any()
 
 
-def test_autocast_dtype():
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Set whether this CPU has native bf16 (the flags the check reads)."""
+    from stroke_ray import machine
+
+    def set_native(native: bool) -> None:
+        flags = frozenset({"avx2", "avx512_bf16"} if native else {"avx2"})
+        monkeypatch.setattr(machine, "cpu_flags", lambda: flags)
+
+    return set_native
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_autocast_dtype(cpu_bf16, native):
+    cpu_bf16(native)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert autocast_dtype(cpu, "auto") is None
+    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
     assert autocast_dtype(cpu, "fp32") is None and autocast_dtype(cuda, "fp32") is None
     assert autocast_dtype(cuda, "auto") == torch.bfloat16
     assert autocast_dtype(cpu, "bf16") == torch.bfloat16
     assert autocast_dtype(cuda, "fp16") == torch.float16
+
+
+def test_auto_never_picks_emulated_bf16_and_explicit_bf16_warns(cpu_bf16, caplog):
+    from stroke_ray.inference import _warn_emulated_bf16, resolve_precision
+
+    cpu_bf16(False)
+    _warn_emulated_bf16.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="stroke_ray.inference"):
+        assert resolve_precision("auto", "cpu") == "fp32"
+        assert not caplog.records
+        assert resolve_precision("bf16", "cpu") == "bf16"
+    assert "40× slower" in caplog.text and "avx512_bf16" in caplog.text
+    cpu_bf16(True)
+    caplog.clear()
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision("bf16", "cuda") == "bf16" and not caplog.records

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import cc3d
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -15,6 +16,7 @@ from stroke_ray.metrics import (
     METRIC_COLUMNS,
     confusion_counts,
     evaluate,
+    evaluate_sources,
     lesion_detection,
     pooled_ratios,
     ratios_from_counts,
@@ -354,3 +356,94 @@ def test_pooled_ratios_equal_ratios_of_concatenated_volumes():
     assert pooled["dice"] != pytest.approx(np.mean([row["dice"] for row in rows]))
     with pytest.raises(ValueError, match="at least one row"):
         pooled_ratios([])
+
+
+# --- the shared-truth path equals the previous implementation -----------------------------
+
+
+def _previous_evaluate(pred, truth, spacing_mm):
+    """The metrics as computed before the truth was shared (EDT on the union's box + 1)."""
+    pred, truth = pred > 0, truth > 0
+    counts = confusion_counts(pred, truth)
+    row = {**counts, **ratios_from_counts(**counts)}
+    if not (pred.any() or truth.any()):
+        row.update(hd95_mm=0.0, assd_mm=0.0)
+    elif pred.any() != truth.any():
+        row.update(hd95_mm=math.nan, assd_mm=math.nan)
+    else:
+        nonzero = np.nonzero(pred | truth)
+        box = tuple(
+            slice(max(int(i.min()) - 1, 0), min(int(i.max()) + 2, n))
+            for i, n in zip(nonzero, pred.shape, strict=True)
+        )
+        cross = ndimage.generate_binary_structure(3, 1)
+        surfaces = [m[box] & ~ndimage.binary_erosion(m[box], cross) for m in (pred, truth)]
+        p2t = ndimage.distance_transform_edt(~surfaces[1], sampling=spacing_mm)[surfaces[0]]
+        t2p = ndimage.distance_transform_edt(~surfaces[0], sampling=spacing_mm)[surfaces[1]]
+        row["hd95_mm"] = max(np.percentile(p2t, 95), np.percentile(t2p, 95))
+        row["assd_mm"] = np.concatenate([p2t, t2p]).mean()
+    truth_labels, n_true = cc3d.connected_components(truth, connectivity=26, return_N=True)
+    pred_labels, n_pred = cc3d.connected_components(pred, connectivity=26, return_N=True)
+    detected = int(np.count_nonzero(np.unique(truth_labels[pred])))
+    hitting = int(np.count_nonzero(np.unique(pred_labels[truth])))
+    missed, false_alarms = n_true - detected, n_pred - hitting
+    row["lesion_f1"] = 2 * detected / max(2 * detected + false_alarms + missed, 1)
+    if 2 * detected + false_alarms + missed == 0:
+        row["lesion_f1"] = 1.0
+    row.update(lesions_true=n_true, lesions_pred=n_pred, lesion_count_diff=abs(n_pred - n_true))
+    return row
+
+
+def _case_like_sources(seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A truth with two lesions in a larger volume and five predictions of various kinds."""
+    rng = np.random.default_rng(seed)
+    shape = (40, 36, 28)
+    truth = np.zeros(shape, dtype=np.uint8)
+    truth[5:12, 6:14, 4:9] = _random_mask(rng, (7, 8, 5), "blobs")
+    truth[30:34, 25:30, 20:25] = 1
+    near = np.roll(truth, 2, axis=0)
+    scattered = (rng.random(shape) < 0.002).astype(np.uint8)
+    far = np.zeros(shape, dtype=np.uint8)
+    far[-3:, -2:, -4:] = 1  # touches the array border
+    return {
+        "same": truth.copy(),
+        "near": near,
+        "scattered": scattered,
+        "far": far,
+        "empty": np.zeros(shape, dtype=np.uint8),
+    }, truth
+
+
+def _nan_free(row: dict) -> dict:
+    return {k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+
+
+@pytest.mark.parametrize("way", ["tree", "edt", "cheaper"])
+@pytest.mark.parametrize("spacing_mm", [(1.0, 1.0, 1.0), (0.9, 1.1, 3.3)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_evaluate_sources_equals_the_previous_metrics(seed, spacing_mm, way, monkeypatch):
+    from stroke_ray import metrics
+
+    if way != "cheaper":  # force one way of computing the surface distances
+        monkeypatch.setattr(metrics, "_TREE_SECONDS_PER_POINT", 0.0 if way == "tree" else 1.0)
+    preds, truth = _case_like_sources(seed)
+    got = evaluate_sources(preds, truth, spacing_mm)
+    assert list(got) == list(preds)
+    for name, pred in preds.items():
+        assert _nan_free(got[name]) == _nan_free(evaluate(pred, truth, spacing_mm))
+        expected = _previous_evaluate(pred, truth, spacing_mm)
+        for column, value in expected.items():
+            if isinstance(value, float) and math.isnan(value):
+                assert math.isnan(got[name][column]), (name, column)
+            else:
+                assert got[name][column] == pytest.approx(value, rel=1e-12, abs=1e-12), (
+                    name,
+                    column,
+                )
+
+
+def test_evaluate_sources_of_an_empty_truth():
+    preds, truth = _case_like_sources(3)
+    got = evaluate_sources(preds, np.zeros_like(truth), (1.0, 1.0, 1.0))
+    assert got["empty"]["hd95_mm"] == 0.0 and got["empty"]["lesion_f1"] == 1.0
+    assert math.isnan(got["near"]["hd95_mm"]) and got["near"]["lesions_true"] == 0

@@ -134,3 +134,53 @@ def test_to_canonical_moves_channels_with_space() -> None:
     assert canonical.shape == (2, 5, 3, 4)
     for c, i, j, k in [(0, 0, 0, 0), (1, 2, 3, 4), (0, 1, 2, 3)]:
         assert canonical[c, 4 - k, 2 - i, j] == volume[c, i, j, k]
+
+
+def _zscore_allocating(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The previous zscore: a zero volume filled at the mask voxels."""
+    out = np.zeros_like(images, dtype=np.float32)
+    for channel, image in enumerate(images):
+        values = image[mask]
+        std = float(values.std()) if values.size else 0.0
+        scale = std if std > 1e-6 else 1.0
+        out[channel][mask] = (values - float(values.mean() if values.size else 0.0)) / scale
+    return out
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_zscore_in_place_gives_the_same_bits(in_place: bool) -> None:
+    rng = np.random.default_rng(6)
+    images = rng.normal(300.0, 50.0, size=(4, 9, 7, 5)).astype(np.float32)
+    mask = rng.random((9, 7, 5)) < 0.6
+    expected = _zscore_allocating(images, mask)
+    given = images.copy()
+    out = zscore(given, mask, in_place=in_place)
+    np.testing.assert_array_equal(out, expected)
+    assert (out is given) is in_place
+    if not in_place:
+        np.testing.assert_array_equal(given, images)
+
+
+def test_zscore_of_integer_images_is_unchanged() -> None:
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 900, size=(2, 5, 6, 4)).astype(np.int16)
+    mask = rng.random((5, 6, 4)) < 0.5
+    np.testing.assert_array_equal(
+        zscore(images, mask, in_place=True), _zscore_allocating(images, mask)
+    )
+
+
+def test_ras_input_is_not_copied() -> None:
+    volume = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    assert to_canonical(volume, np.eye(4)) is volume
+
+
+def test_prepared_arrays_are_c_contiguous_from_any_layout(tmp_path: Path) -> None:
+    prepared = prepare(_case(tmp_path, "LPS", np.int16))
+    fortran = _case(tmp_path, "LPS", np.int16)
+    fortran.images = np.asfortranarray(fortran.images)
+    again = prepare(fortran)
+    for array in (prepared.image, prepared.brain, again.image, again.brain):
+        assert array.flags.c_contiguous
+    np.testing.assert_array_equal(again.image, prepared.image)
+    assert again.geometry == prepared.geometry

@@ -402,3 +402,27 @@ def test_case_table_sorts_in_chromium(report, tmp_path):
     dom = _chromium(tmp_path, "--dump-dom", f"file://{page}").stdout
     order = re.search(r'data-probe="([^"]+)"', dom).group(1).split(",")
     assert order == ["demo_000", "demo_002", "demo_001", BROKEN, UNLABELLED]
+
+
+def test_segmentation_report_shows_throughput_and_cost(segmentation, report, tmp_path):
+    from stroke_ray.throughput import throughput_record
+
+    assert "Throughput and cost" in report and "no throughput.json" in report
+    results = [
+        {"case_id": "a", "status": "ok", "read_seconds": 1.5, "predict_seconds": 20.0,
+         "write_seconds": 0.5, "cpu_seconds": 40.0, "slices": 470},
+    ]  # fmt: skip
+    record = throughput_record(
+        results, wall_seconds=30.0, cluster={"CPU": 2.0}, nodes=1, num_actors=1,
+        gpus_per_actor=0.0, price_per_hour=3.2,
+        machine={"cpu_model": "AMD EPYC", "cpu_flags": ["avx512_bf16"], "precision": "bf16"},
+    )  # fmt: skip
+    folder = tmp_path / "out"
+    shutil.copytree(segmentation, folder)
+    (folder / "throughput.json").write_text(json.dumps(record))
+    page = Path(write_report(str(folder), max_cases=0)).read_text()
+    section = page[page.index("Throughput and cost") :]
+    assert "120.0" in section  # cases per hour
+    assert "1.5 s / 20.0 s / 0.5 s" in section
+    assert "AMD EPYC (bf16" in section and "avx512_bf16" in section
+    assert f"{record['cost_per_1000_volumes']:.2f}" in section

@@ -59,3 +59,24 @@ def test_unusable_runs_are_refused_before_any_work(tmp_path, damage, words):
         segment(SegmentConfig(cohort=str(manifest), model=run_dir, out=str(out)))
     assert not out.exists()
     assert model_uri(run_dir, "axial").endswith("models/axial.pt")
+
+
+def test_loaded_model_holds_the_saved_tensors_and_predicts_alike(tmp_path):
+    import torch
+
+    from stroke_ray.runs import load_model_of
+
+    run_dir = _run(tmp_path)
+    torch.manual_seed(3)
+    saved = build_model(TINY, "none").eval()
+    save_plane_model(saved.state_dict(), run_dir, "axial")
+    loaded = load_model_of(finished_run(run_dir), run_dir, "axial")
+    assert not loaded.training
+    expected = saved.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert tensor.device.type == "cpu" and not tensor.is_meta, name
+        assert torch.equal(tensor, expected[name]), name
+    assert all(p.requires_grad for p in loaded.parameters())
+    batch = torch.randn(2, 4, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(loaded(batch), saved(batch))

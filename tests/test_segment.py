@@ -83,6 +83,46 @@ def test_metrics_match_the_written_masks(segmented, demo_manifest):
     assert row["dice"] == pytest.approx(expected["dice"])
 
 
+def test_job_writes_a_valid_throughput_json(segmented, demo_manifest):
+    from stroke_ray.throughput import STAGES, plan
+
+    out, frame, _ = segmented
+    record = json.loads((out / "throughput.json").read_text())
+    cases = len(pd.read_csv(demo_manifest))
+    assert record["cases"] == cases and record["status_counts"] == {"ok": cases}
+    assert record["slices"] > 0 and record["wall_seconds"] > 0
+    assert record["cases_per_hour"] == pytest.approx(
+        cases / record["wall_seconds"] * 3600, rel=1e-3
+    )
+    assert record["slices_per_s"] == pytest.approx(
+        record["slices"] / record["wall_seconds"], rel=1e-3
+    )
+    for stage in STAGES:
+        assert record["stage_seconds"][stage]["total"] > 0, stage
+    predict = record["stage_seconds"]["predict"]["total"]
+    assert predict <= record["wall_seconds"]
+    assert record["cpu_seconds_measured"] > 0
+    assert record["cpu_seconds_reserved"] == pytest.approx(2 * record["wall_seconds"], rel=0.01)
+    assert record["gpu_seconds_reserved"] == 0 and record["nodes"] == 1
+    machine = record["machine"]
+    assert machine["device"] == "cpu" and machine["precision"] in ("fp32", "bf16")
+    assert machine["torch_threads"] >= 1 and isinstance(machine["cpu_flags"], list)
+    assert record["price_per_hour"] is None and record["cost_per_1000_volumes"] is None
+    assert "Map(PlanePredictor)" in record["ray_data_stats"]
+    assert plan(record, cases=1000, hours=1.0).nodes >= 1
+    # the rows' seconds are the stages' wall seconds of the case
+    assert (frame["seconds"] > 0).all()
+
+
+def test_price_per_hour_gives_the_cost(ray_local, trained_run, demo_manifest, tmp_path):
+    out = tmp_path / "out"
+    segment(_config(demo_manifest, trained_run, out, price_per_hour=3.2))
+    record = json.loads((out / "throughput.json").read_text())
+    expected = record["wall_seconds"] / 3600 * 3.2 * 1000 / record["cases"]
+    assert record["cost_per_1000_volumes"] == pytest.approx(expected, rel=1e-3)
+    assert json.loads((out / "segment.json").read_text())["price_per_hour"] == 3.2
+
+
 def test_summary_pooled_dice_comes_from_counts(segmented):
     out, frame, summary = segmented
     on_disk = json.loads((out / "summary.json").read_text())

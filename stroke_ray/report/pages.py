@@ -36,6 +36,7 @@ from stroke_ray.report import figures
 from stroke_ray.report import html as h
 from stroke_ray.report.cases import case_sections
 from stroke_ray.runs import history_uri, run_inputs, run_json_uri
+from stroke_ray.throughput import STAGES
 from stroke_ray.volumes import Inputs
 
 __all__ = ["ReportError", "Segmentation", "load_segmentation", "tl_or_scratch", "write_report"]
@@ -162,6 +163,48 @@ def _describe_inputs(inputs: Inputs) -> str:
     return f"{', '.join(inputs.sequences)} (reference {inputs.reference}, {grid})"
 
 
+def _seconds(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:,.1f} s"
+
+
+def _throughput_section(out: str, options: StorageOptions) -> str:
+    """Speed and cost of the job that wrote the folder (its throughput.json)."""
+    uri = join_uri(out, "throughput.json")
+    if not exists(uri, options):
+        return h.section("Throughput and cost", h.note("no throughput.json (an older job)"))
+    record = read_json(uri, options)
+    machine = record.get("machine") or {}
+    stages = record.get("stage_seconds") or {}
+    where = machine.get("gpu") or machine.get("cpu_model") or "unknown"
+    flags = ", ".join(machine.get("cpu_flags") or []) or "unknown"
+    price = record.get("price_per_hour")
+    items = {
+        "cases (this job)": record.get("cases"),
+        "wall time": _seconds(record.get("wall_seconds")),
+        "cases per hour": h.number(record.get("cases_per_hour"), 1),
+        "slices per second": h.number(record.get("slices_per_s"), 2),
+        "seconds per case": _seconds(record.get("seconds_per_case")),
+        "per case: read / predict / write": " / ".join(
+            _seconds((stages.get(stage) or {}).get("per_case")) for stage in STAGES
+        ),
+        "CPU seconds (stages, measured)": h.number(record.get("cpu_seconds_measured"), 0),
+        "CPU seconds reserved (CPUs × wall)": h.number(record.get("cpu_seconds_reserved"), 0),
+        "GPU seconds reserved": h.number(record.get("gpu_seconds_reserved"), 0),
+        "nodes, model actors": f"{record.get('nodes')}, {record.get('num_actors')}",
+        "model ran on": f"{where} ({machine.get('precision', '?')}, "
+        f"{machine.get('torch_threads', '?')} threads); CPU flags: {flags}",
+        "price per node-hour": "not given (--price-per-hour)" if price is None else price,
+        "cost of this job": h.number(record.get("cost"), 2),
+        "cost per 1,000 volumes": h.number(record.get("cost_per_1000_volumes"), 2),
+    }
+    note = h.note(
+        "Stages overlap, so their seconds add up to more than the wall time. "
+        "`stroke-ray plan --cases N --hours T --throughput OUT` turns these figures into "
+        "nodes and cost for a cohort."
+    )
+    return h.section("Throughput and cost", h.definitions(items), note)
+
+
 def _segmentation_page(out: str, max_cases: int, options: StorageOptions) -> str:
     seg = load_segmentation(out, options)
     settings, run = seg.settings, seg.run
@@ -190,6 +233,7 @@ def _segmentation_page(out: str, max_cases: int, options: StorageOptions) -> str
         h.section("What was run", h.definitions(overview)),
         h.section("Summary", _source_table(source_summary(seg.metrics)), pooled_note),
         _dice_section(boxes, categories, ["all"]),
+        _throughput_section(out, options),
         _curves_section(history, "Validation Dice and training loss per epoch, per plane."),
         case_sections(
             out,
