@@ -15,6 +15,7 @@ from stroke_ray.case_outputs import FusionSettings
 from stroke_ray.planes import brain_slice_indices, volume_to_slices
 from stroke_ray.segment import CaseWork, WriteSettings, read_stage, threads_per_actor, write_stage
 from stroke_ray.throughput import STAGES
+from stroke_ray.volumes import Inputs
 
 
 @pytest.mark.parametrize(
@@ -52,7 +53,7 @@ def _predicted(work: CaseWork) -> CaseWork:
 
 def test_a_case_carries_its_stage_timings_to_the_summary_row(tmp_path: Path):
     case = write_case(tmp_path, "c1", (14, 12, 10), affine_for("LPS", (1.0, 1.0, 2.0)), seed=3)
-    row = read_stage(case.to_dict())
+    row = read_stage(case.to_dict(), Inputs())
     work = row["work"]
     assert work.error is None and work.stage_seconds["read"] > 0 and work.cpu_seconds > 0
     _predicted(work)
@@ -72,8 +73,8 @@ def test_a_case_carries_its_stage_timings_to_the_summary_row(tmp_path: Path):
 
 def test_a_failed_read_still_reports_its_time(tmp_path: Path):
     case = write_case(tmp_path, "c2", (14, 12, 10), affine_for("RAS"), seed=3)
-    (Path(case.sequence_uris()["dwi"])).write_bytes(b"not a nifti")
-    row = read_stage(case.to_dict())
+    Path(case.images["dwi"]).write_bytes(b"not a nifti")
+    row = read_stage(case.to_dict(), Inputs())
     settings = WriteSettings(out=str(tmp_path / "out"), run_id="r", fusion=FusionSettings())
     result = write_stage(row, settings)
     assert result["status"] == "error" and "dwi" in result["error"]
