@@ -169,7 +169,34 @@ def _process_kind(process: psutil.Process) -> str:
     return process.name()
 
 
-class CpuByProcess:
+class _Sampler:
+    """Calls ``_sample`` every ``interval_s`` in a thread while the context is open (and once
+    at each end)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+class CpuByProcess(_Sampler):
     """CPU seconds of this process and its descendants, by kind, sampled in a thread (a context).
 
     A process's CPU time since the previous sample goes to the kind it shows at this sample
@@ -178,12 +205,10 @@ class CpuByProcess:
     """
 
     def __init__(self, interval_s: float = 0.5) -> None:
-        self.interval_s = interval_s
+        super().__init__(interval_s)
         self.seconds: dict[str, float] = {}
         self._last: dict[int, float] = {}
         self._processes: dict[int, psutil.Process] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         me = psutil.Process()
@@ -200,53 +225,23 @@ class CpuByProcess:
                 kind = "driver" if process.pid == me.pid else _process_kind(process)
                 self.seconds[kind] = self.seconds.get(kind, 0.0) + total - previous
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
-
-    def __enter__(self) -> CpuByProcess:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
     def summary(self) -> dict[str, float]:
         """CPU seconds by kind, largest first."""
         ranked = sorted(self.seconds.items(), key=lambda item: -item[1])
         return {kind: round(seconds, 1) for kind, seconds in ranked if seconds >= 0.05}
 
 
-class PeakRss:
+class PeakRss(_Sampler):
     """Samples :func:`tree_rss` every 0.2 s in a thread and keeps the peak (a context)."""
 
     def __init__(self, interval_s: float = _SAMPLE_INTERVAL_S) -> None:
-        self.interval_s = interval_s
+        super().__init__(interval_s)
         self.peak_bytes = 0
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         self.peak_bytes = max(self.peak_bytes, tree_rss())
         self.samples += 1
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
-
-    def __enter__(self) -> PeakRss:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
     @property
     def peak_mib(self) -> float:

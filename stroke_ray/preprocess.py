@@ -142,26 +142,31 @@ def zscore(images: np.ndarray, mask: np.ndarray, *, in_place: bool = False) -> n
     """Z-score each channel over the mask voxels; zero outside the mask.
 
     ``in_place`` (float32 input) overwrites ``images`` instead of allocating a second volume;
-    the values are the same.
+    the values are the same. Other types give a new float32 volume.
     """
     if images.dtype != np.float32:
         out = np.zeros_like(images, dtype=np.float32)
         for channel, image in enumerate(images):
             values = image[mask]
-            std = float(values.std()) if values.size else 0.0
-            scale = std if std > 1e-6 else 1.0
-            out[channel][mask] = (values - float(values.mean() if values.size else 0.0)) / scale
+            mean, scale = _moments(values)
+            out[channel][mask] = (values - mean) / scale
         return out
     out = images if in_place else images.copy()
     outside = ~mask
     for image in out:
-        values = image[mask]
-        std = float(values.std()) if values.size else 0.0
-        scale = std if std > 1e-6 else 1.0
-        image -= float(values.mean() if values.size else 0.0)
+        mean, scale = _moments(image[mask])
+        image -= mean
         image /= scale
         image[outside] = 0.0
     return out
+
+
+def _moments(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of ``values`` (0 and 1 where they give none)."""
+    if not values.size:
+        return 0.0, 1.0
+    std = float(values.std())
+    return float(values.mean()), std if std > 1e-6 else 1.0
 
 
 def _padded_size(size: int) -> int:

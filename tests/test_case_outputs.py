@@ -19,6 +19,7 @@ from stroke_ray.case_outputs import (
     error_row,
     voxel_ml,
 )
+from stroke_ray.config import PLANES
 from stroke_ray.inference import PlanePrediction
 from stroke_ray.metrics import evaluate
 from stroke_ray.planes import brain_slice_indices, volume_to_slices
@@ -66,14 +67,7 @@ def test_case_masks_are_on_the_source_grid(tmp_path: Path, axcodes: str):
         FusionSettings(extra_fusions=("weighted", "soft"), save_planes=True),
     )
 
-    assert set(result.masks) == {
-        "axial",
-        "coronal",
-        "sagittal",
-        "fused",
-        "fused_weighted",
-        "fused_soft",
-    }
+    assert set(result.masks) == {*PLANES, "fused", "fused_weighted", "fused_soft"}
     for mask in result.masks.values():
         assert mask.shape == SHAPE and mask.dtype == np.uint8
     np.testing.assert_array_equal(result.masks["axial"], label)

@@ -101,6 +101,21 @@ def _remove_node_when(cluster, workers, title: str, ready: Callable[[], bool], r
         time.sleep(0.2)
 
 
+def _run_losing_a_node(
+    cluster, workers, tmp_path, title: str, ready: Callable[[], bool], *args: str
+) -> None:
+    """Run a driver with ``args``; once ``ready()``, remove the worker node running ``title``."""
+    removed: list[str] = []
+    driver = _driver(cluster, tmp_path, *args)
+    remover = threading.Thread(
+        target=_remove_node_when, args=(cluster, workers, title, ready, removed)
+    )
+    remover.start()
+    _finish(driver)
+    remover.join()
+    assert removed, "no worker node was removed"
+
+
 def test_train_then_segment_on_s3_with_a_cpu_head(
     cluster, s3_cohort, s3_bucket, s3_options, tmp_path
 ):
@@ -147,19 +162,11 @@ def test_node_lost_mid_segmentation_loses_no_case(
     cohort = f"{s3_bucket}/cohort/many.csv"
     fs.pipe(cohort, copies.to_csv(index=False).encode())
     out = f"{s3_bucket}/seg/lost"
-    removed: list[str] = []
-    driver = _driver(
-        cluster, tmp_path, "segment", "--cohort", cohort, "--model", model, "--out", out,
+    _run_losing_a_node(
+        cluster, workers, tmp_path, "PlanePredictor", lambda: bool(fs.glob(f"{out}/cases/*.parquet")),
+        "segment", "--cohort", cohort, "--model", model, "--out", out,
         "--storage-options", json.dumps(s3_options), "--batch-size", "8", "--num-actors", "2",
     )  # fmt: skip
-    remover = threading.Thread(
-        target=_remove_node_when,
-        args=(cluster, workers, "PlanePredictor", lambda: bool(fs.glob(f"{out}/cases/*.parquet")), removed),
-    )  # fmt: skip
-    remover.start()
-    _finish(driver)
-    remover.join()
-    assert removed, "no worker node was removed"
     with fs.open(f"{out}/metrics.parquet", "rb") as handle:
         metrics = pd.read_parquet(handle)
     assert sorted(metrics["case_id"].unique()) == sorted(copies["case_id"])
@@ -182,19 +189,11 @@ def test_node_lost_mid_training_resumes_from_s3_checkpoint(
     cluster, workers = cluster
     fs = s3fs.S3FileSystem(**s3_options)
     run = f"{s3_bucket}/runs/lost"
-    removed: list[str] = []
-    driver = _driver(
-        cluster, tmp_path,
+    _run_losing_a_node(
+        cluster, workers, tmp_path, "RayTrainWorker",
+        lambda: bool(fs.glob(f"{run}/ray/axial/checkpoint_*")),
         *_train_args(s3_cohort, run, s3_options, "--epochs", "4", "--planes", "axial", "--max-failures", "3"),
     )  # fmt: skip
-    remover = threading.Thread(
-        target=_remove_node_when,
-        args=(cluster, workers, "RayTrainWorker", lambda: bool(fs.glob(f"{run}/ray/axial/checkpoint_*")), removed),
-    )  # fmt: skip
-    remover.start()
-    _finish(driver)
-    remover.join()
-    assert removed, "no worker node was removed"
     with fs.open(f"{run}/history.parquet", "rb") as handle:
         history = pd.read_parquet(handle)
     assert history["epoch"].tolist() == [0, 1, 2, 3]  # each epoch once: resumed, not redone

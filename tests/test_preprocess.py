@@ -138,12 +138,11 @@ def test_to_canonical_moves_channels_with_space() -> None:
 
 def _zscore_allocating(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The previous zscore: a zero volume filled at the mask voxels."""
-    out = np.zeros_like(images, dtype=np.float32)
-    for channel, image in enumerate(images):
-        values = image[mask]
-        std = float(values.std()) if values.size else 0.0
-        scale = std if std > 1e-6 else 1.0
-        out[channel][mask] = (values - float(values.mean() if values.size else 0.0)) / scale
+    out = np.zeros(images.shape, np.float32)
+    for image, target in zip(images, out, strict=True):
+        inside = image[mask]
+        spread = float(inside.std()) if inside.size else 0.0
+        target[mask] = (inside - float(inside.mean())) / (spread if spread > 1e-6 else 1.0)
     return out
 
 
