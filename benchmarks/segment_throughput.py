@@ -72,6 +72,7 @@ def _job_config(args: argparse.Namespace, manifest: Path, run_dir: Path, out: Pa
         batch_size=args.batch_size,
         precision=args.precision,
         num_actors=args.num_actors,
+        overwrite=True,  # a workdir's earlier job (other precision, finished cases) is redone
     )
 
 

@@ -93,3 +93,15 @@ def test_weights_labels():
     assert weights_label("none") == "scratch"
     assert weights_label("imagenet") == "imagenet"
     assert weights_label("s3://bucket/enc/resnet50_v2.pt") == "pretrained-resnet50_v2"
+
+
+def test_two_weight_files_with_one_stem_get_their_own_arms():
+    from stroke_ray.experiment import arm_labels
+
+    labels = arm_labels(("s3://a/encoder.pt", "/data/b/encoder.pt", "none"))
+    assert labels["none"] == "scratch"
+    assert labels["s3://a/encoder.pt"] != labels["/data/b/encoder.pt"]
+    assert all(
+        label.startswith("pretrained-encoder-") for w, label in labels.items() if w != "none"
+    )
+    assert arm_labels(("s3://a/encoder.pt",)) == {"s3://a/encoder.pt": "pretrained-encoder"}

@@ -8,6 +8,7 @@ import shutil
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -188,3 +189,15 @@ def test_history_records_failed_cases_per_plane(ray_local, demo_manifest, tmp_pa
     run = train(tiny_train_config(demo_manifest, tmp_path / "run", planes=("axial",), epochs=1))
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["planes"]["axial"]["failed_cases"] == {} == run["planes"]["axial"]["failed_cases"]
+
+
+def test_more_workers_than_training_cases_is_named(tmp_path):
+    """Each data-parallel worker needs a training case: the error says so before any work."""
+    from stroke_ray.case import Case
+    from stroke_ray.train import TrainError, _split
+
+    cases = [Case(f"c{k}", {}) for k in range(4)]
+    config = tiny_train_config(tmp_path / "m.csv", tmp_path / "run", val_fraction=0.25, min_cases=2)
+    assert len(_split(replace(config, workers_per_plane=3), cases, 4, {})["train"]) == 3
+    with pytest.raises(TrainError, match="--workers-per-plane 4 exceeds the 3 training"):
+        _split(replace(config, workers_per_plane=4), cases, 4, {})
