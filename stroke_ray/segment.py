@@ -369,14 +369,17 @@ def segment_definition(config: SegmentConfig, run: dict[str, Any]) -> dict[str, 
     return definition
 
 
-def _warnings(run: dict[str, Any]) -> list[str]:
+def _warnings(run: dict[str, Any], fusion: str) -> list[str]:
     planes = list(run["planes"])
     if len(planes) >= 3:
         return []
-    return [
-        f"the run has {len(planes)} plane(s) {planes}, not three: a voxel is lesion only where "
-        "more than half of the (weighted) votes say so, so two planes must agree"
-    ]
+    rule = (
+        "a voxel is lesion where the planes' mean probability is at least 0.5"
+        if fusion == "soft"
+        else "a voxel is lesion only where more than half of the (weighted) votes say so, so "
+        "two planes must agree"
+    )
+    return [f"the run has {len(planes)} plane(s) {planes}, not three: {rule}"]
 
 
 def _prepare_out(
@@ -393,7 +396,7 @@ def _prepare_out(
     if exists(settings_uri, options) and not config.overwrite:
         recorded = read_json(settings_uri, options).get("definition")
         ensure_same_definition(config.out, recorded, definition, "--overwrite")
-    warnings = _warnings(run)
+    warnings = _warnings(run, config.fusion)
     for warning in warnings:
         logger.warning("%s", warning)
     record = {

@@ -82,10 +82,16 @@ def test_a_run_with_two_planes_is_warned_about_and_recorded(
     del record["planes"]["sagittal"]
     (run_dir / "run.json").write_text(json.dumps(record))
     out = tmp_path / "out"
-    frame, _ = segment(SegmentConfig(cohort=str(demo_manifest), model=str(run_dir), out=str(out)))
+    frame, _ = segment(
+        SegmentConfig(
+            cohort=str(demo_manifest), model=str(run_dir), out=str(out), fusion="majority",
+            min_lesion_ml=0.0,
+        )
+    )  # fmt: skip
     settings = json.loads((out / "segment.json").read_text())
     assert settings["planes"] == ["axial", "coronal"]
     assert settings["warnings"] and "2 plane(s)" in settings["warnings"][0]
+    assert "two planes must agree" in settings["warnings"][0]
     assert set(frame["source"]) == {"axial", "coronal", "fused"}
     for case_id in frame["case_id"].unique():  # with two planes, both must vote lesion
         fused = np.asanyarray(nib.load(out / "masks" / f"{case_id}.nii.gz").dataobj)
