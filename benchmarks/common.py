@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psutil
@@ -169,6 +169,9 @@ def _process_kind(process: psutil.Process) -> str:
     return process.name()
 
 
+SamplerT = TypeVar("SamplerT", bound="_Sampler")
+
+
 class _Sampler:
     """Calls ``_sample`` every ``interval_s`` in a thread while the context is open (and once
     at each end)."""
@@ -185,7 +188,7 @@ class _Sampler:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
-    def __enter__(self):
+    def __enter__(self: SamplerT) -> SamplerT:
         self._sample()
         self._thread.start()
         return self

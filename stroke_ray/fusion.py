@@ -28,6 +28,7 @@ import cc3d
 import numpy as np
 
 from stroke_ray.config import FUSION_MODES
+from stroke_ray.metrics import bounding_box
 
 __all__ = [
     "FUSION_MODES",
@@ -98,9 +99,11 @@ def remove_small_lesions(
 ) -> np.ndarray:
     """``mask`` (uint8 0/1) without its 26-connected components of less than ``min_lesion_ml``."""
     threshold = min_lesion_voxels(min_lesion_ml, spacing_mm)
-    if threshold <= 1 or not mask.any():
+    box = bounding_box(mask) if threshold > 1 else None
+    if box is None:
         return mask
-    kept = cc3d.dust(
-        np.ascontiguousarray(mask), threshold=threshold, connectivity=26, binary_image=True
+    kept = np.zeros_like(mask)  # components only within the mask's box: labelled there
+    kept[box] = cc3d.dust(
+        np.ascontiguousarray(mask[box]), threshold=threshold, connectivity=26, binary_image=True
     )
-    return kept.astype(mask.dtype, copy=False)
+    return kept

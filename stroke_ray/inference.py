@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -19,7 +20,14 @@ import torch
 from stroke_ray.machine import EMULATED_BF16_SLOWDOWN, native_bf16
 from stroke_ray.planes import brain_slice_indices, slices_to_volume, volume_to_slices
 
-__all__ = ["PlanePrediction", "predict_plane", "restack", "autocast_dtype", "resolve_precision"]
+__all__ = [
+    "PlanePrediction",
+    "predict_plane",
+    "predict_planes",
+    "restack",
+    "autocast_dtype",
+    "resolve_precision",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +110,17 @@ def predict_plane(
     )
     brain_slices = volume_to_slices(brain, plane)[indices]
     return indices, (probabilities * brain_slices).astype(np.float32, copy=False)
+
+
+def predict_planes(
+    models: Mapping[str, torch.nn.Module], image: np.ndarray, brain: np.ndarray, **settings
+) -> dict[str, PlanePrediction]:
+    """Each plane model's brain-slice probabilities of one prepared case
+    (``settings``: those of :func:`predict_plane`)."""
+    return {
+        plane: predict_plane(model, image, brain, plane, **settings)
+        for plane, model in models.items()
+    }
 
 
 def restack(

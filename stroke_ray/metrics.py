@@ -73,6 +73,7 @@ from scipy.spatial import cKDTree
 
 __all__ = [
     "METRIC_COLUMNS",
+    "bounding_box",
     "confusion_counts",
     "evaluate",
     "evaluate_sources",
@@ -168,7 +169,7 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=_CROSS_3D, border_value=0)
 
 
-def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
     """The mask's bounding box plus ``margin`` voxels (clipped to the array); None if empty."""
     box = []
     for axis in range(mask.ndim):
@@ -196,7 +197,7 @@ class _Lesions:
     @classmethod
     def of(cls, mask: np.ndarray, spacing: tuple[float, float, float]) -> _Lesions:
         """Everything the metrics need from one bool mask."""
-        box = _bounding_box(mask)
+        box = bounding_box(mask)
         if box is None:
             return cls(0, None, np.zeros((0, 3), dtype=np.intp), spacing, None, 0)
         inside = mask[box]

@@ -34,6 +34,7 @@ from stroke_ray.model import build_model, load_weights
 from stroke_ray.volumes import Inputs
 
 __all__ = [
+    "load_plane_models",
     "RunNotReadyError",
     "finished_run",
     "model_uri",
@@ -147,6 +148,22 @@ def load_model_of(
         model = build_model(config, "none")
         load_weights(model, model_uri(run_dir, plane), storage_options)
     return model.eval()
+
+
+def load_plane_models(
+    run: Mapping[str, Any],
+    run_dir: str,
+    device: torch.device,
+    storage_options: StorageOptions = None,
+) -> dict[str, torch.nn.Module]:
+    """Every plane model of a run on ``device`` (channels-last memory layout on a GPU)."""
+    memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
+    return {
+        plane: load_model_of(run, run_dir, plane, storage_options).to(
+            device, memory_format=memory_format
+        )
+        for plane in run["planes"]
+    }
 
 
 def run_definition(config: TrainConfig, split: Mapping[str, list[str]] | None) -> dict[str, Any]:

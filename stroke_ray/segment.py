@@ -14,6 +14,9 @@ more than the cases in flight (memory does not grow with the cohort). Rows carry
    fuse, map back to the source geometry, metrics), then the NIfTI outputs (the fused mask
    flat or as BIDS derivatives, ``--layout``) and the case's metric part (atomically, last).
 
+Read and write tasks do their work at the lowest CPU priority (:mod:`stroke_ray.priority`):
+on a CPU node they take the cycles the model actors leave instead of stalling their threads.
+
 Each stage times itself (wall and process CPU seconds) into the row; the job writes them,
 with Ray Data's per-operator stats, into ``OUT/throughput.json`` (:mod:`stroke_ray.throughput`).
 
@@ -44,7 +47,7 @@ from stroke_ray.cohort import Case, ManifestError, find_cohort
 from stroke_ray.config import FUSION_MODES, SegmentConfig, public_dict
 from stroke_ray.derivatives import sidecar, sidecar_uri, write_dataset_files
 from stroke_ray.fingerprint import ensure_same_definition
-from stroke_ray.inference import PlanePrediction, predict_plane, resolve_precision
+from stroke_ray.inference import PlanePrediction, predict_planes, resolve_precision
 from stroke_ray.io import (
     StorageOptions,
     absolute_uri,
@@ -64,7 +67,8 @@ from stroke_ray.outputs import (
     write_case_rows,
 )
 from stroke_ray.preprocess import Prepared, prepare
-from stroke_ray.runs import finished_run, load_model_of, run_inputs
+from stroke_ray.priority import at_low_priority
+from stroke_ray.runs import finished_run, load_plane_models, run_inputs
 from stroke_ray.throughput import STAGES, throughput_record
 from stroke_ray.volumes import CaseError, Inputs, read_case
 
@@ -145,9 +149,14 @@ def read_stage(
     options_ref: Any = None,
     spacing_mm: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Stage 1 (tasks): read, validate and prepare one case's ``inputs`` (the run's),
-    resampled to the run's ``spacing_mm`` if any; a case row in, a work row out."""
-    case = Case.from_dict(row)
+    """Stage 1 (tasks, at low priority): read, validate and prepare one case's ``inputs`` (the
+    run's), resampled to the run's ``spacing_mm`` if any; a case row in, a work row out."""
+    return at_low_priority(_read, Case.from_dict(row), inputs, _options(options_ref), spacing_mm)
+
+
+def _read(
+    case: Case, inputs: Inputs, options: StorageOptions, spacing_mm: list[float] | None
+) -> dict[str, Any]:
     work = CaseWork(
         case_id=case.case_id,
         subject=case.subject,
@@ -156,7 +165,7 @@ def read_stage(
     )
     with _StageTimer(work, "read"):
         try:
-            volumes = read_case(case, _options(options_ref), inputs=inputs)
+            volumes = read_case(case, options, inputs=inputs)
             work.prepared = prepare(volumes, spacing_mm)
             work.header = volumes.header
             work.spacing_mm = volumes.spacing_mm
@@ -186,13 +195,7 @@ class PlanePredictor:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
-        self.models = {
-            plane: load_model_of(run, run_dir, plane, options).to(
-                self.device, memory_format=memory_format
-            )
-            for plane in run["planes"]
-        }
+        self.models = load_plane_models(run, run_dir, self.device, options)
         self.settings = dict(
             batch_size=batch_size, precision=precision, tta=tta, device=self.device
         )
@@ -204,13 +207,6 @@ class PlanePredictor:
             "load_seconds": round(time.perf_counter() - started, 2),  # the models, once
         }
 
-    def predict(self, prepared: Prepared) -> dict[str, PlanePrediction]:
-        """Each plane's brain-slice probabilities of a prepared case."""
-        return {
-            plane: predict_plane(model, prepared.image, prepared.brain, plane, **self.settings)
-            for plane, model in self.models.items()
-        }
-
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         """Predict an ok case; pass a failed one through."""
         work: CaseWork = row["work"]
@@ -218,7 +214,9 @@ class PlanePredictor:
             work.predictor = self.machine
             with _StageTimer(work, "predict"):
                 try:
-                    work.predictions = self.predict(work.prepared)
+                    work.predictions = predict_planes(
+                        self.models, work.prepared.image, work.prepared.brain, **self.settings
+                    )
                     work.slices = sum(len(ix) for ix, _ in work.predictions.values())
                     work.prepared.image = None  # the writer needs the predictions, not the input
                 except Exception as err:  # noqa: BLE001 - one bad case must not kill the actor
@@ -320,8 +318,8 @@ class CaseWriter:
 
 
 def write_stage(row: dict[str, Any], settings: WriteSettings, options_ref: Any = None) -> dict:
-    """Stage 3 (tasks): write one case; return its summary row."""
-    return CaseWriter(settings, _options(options_ref))(row)
+    """Stage 3 (tasks, at low priority): write one case; return its summary row."""
+    return at_low_priority(CaseWriter(settings, _options(options_ref)), row)
 
 
 def threads_per_actor(node_cpus: list[float], num_actors: int) -> int:

@@ -179,8 +179,23 @@ def _rank0_state(model, optimizer, progress, failed: dict[str, str], rank: int) 
     return state
 
 
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs every report and checkpoint of a worker at INFO (a whole TrainingReport
+    repr per plane and epoch); the loop's own epoch line says what matters, so only Ray
+    Train's warnings stay. Internal Ray modules: where they move, nothing changes."""
+    try:
+        from ray.train.v2._internal.execution import context, storage
+    except ImportError:
+        return
+    for module in (context, storage):
+        module_logger = getattr(module, "logger", None)
+        if isinstance(module_logger, logging.Logger):
+            module_logger.setLevel(logging.WARNING)
+
+
 def train_plane_loop(loop_config: dict) -> None:
     """Ray Train worker loop for one plane: shards, device and DDP around train_loop."""
+    quiet_ray_train_reports()
     config: TrainConfig = loop_config["config"]
     plane: str = loop_config["plane"]
     options = ray.get(loop_config["storage_options_ref"])
@@ -275,10 +290,11 @@ def _screen_case(
     return None, ras_spacing(volumes.affine, volumes.spacing_mm)
 
 
-def _screen(
+def screen_cases(
     cases: list[Case], options: StorageOptions, inputs: Inputs
 ) -> tuple[list[Case], dict[str, str], dict[str, tuple]]:
-    """Usable cases, reasons for the rest, and each usable case's RAS voxel size."""
+    """Read every case once in parallel: the usable cases, reasons for the rest, and each
+    usable case's RAS voxel size."""
     answers = ray.get([_screen_case.remote(case.to_dict(), options, inputs) for case in cases])
     skipped = {
         case.case_id: reason for case, (reason, _) in zip(cases, answers, strict=True) if reason
@@ -290,15 +306,6 @@ def _screen(
         if not reason
     }  # fmt: skip
     return [case for case in cases if case.case_id not in skipped], skipped, spacings
-
-
-def screen_cases(
-    cases: list[Case], options: StorageOptions, inputs: Inputs | None = None
-) -> tuple[list[Case], dict[str, str]]:
-    """Read every case once in parallel (``inputs``: default the paper's); return the usable
-    ones and reasons for the rest."""
-    usable, skipped, _ = _screen(cases, options, inputs or Inputs())
-    return usable, skipped
 
 
 def resolve_spacing(
@@ -467,7 +474,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     _check_definition(config, previous, None)  # options first: before reading any case
     build_model(config.model, config.weights, options)  # bad weights fail before any work
     cases = load_cohort(config.cohort, options)
-    usable, skipped, spacings = _screen(cases, options, inputs)
+    usable, skipped, spacings = screen_cases(cases, options, inputs)
     split = _split(config, usable, len(cases), skipped)
     spacing_mm = resolve_spacing(config.spacing, [spacings[case.case_id] for case in usable])
     config = replace(config, spacing=spacing_mm or ("source",))

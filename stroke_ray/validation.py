@@ -106,16 +106,13 @@ def validate_run(
     import torch
 
     from stroke_ray.case import Case
-    from stroke_ray.inference import predict_plane
+    from stroke_ray.inference import predict_planes
     from stroke_ray.preprocess import prepare
-    from stroke_ray.runs import load_model_of, run_inputs
+    from stroke_ray.runs import load_plane_models, run_inputs
     from stroke_ray.volumes import CaseError, read_case
 
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    models = {
-        plane: load_model_of(run, run_dir, plane, storage_options).to(device)
-        for plane in run["planes"]
-    }
+    models = load_plane_models(run, run_dir, device, storage_options)
     weights = {plane: float(values["val_dice"]) for plane, values in run["planes"].items()}
     modes = [mode for mode in FUSION_MODES if mode != "majority"]
     settings = FusionSettings(fusion="majority", plane_weights=weights, extra_fusions=tuple(modes))
@@ -128,10 +125,7 @@ def validate_run(
         except CaseError:
             continue
         prepared = prepare(volumes, run.get("spacing_mm"))
-        predictions = {
-            plane: predict_plane(model, prepared.image, prepared.brain, plane)
-            for plane, model in models.items()
-        }
+        predictions = predict_planes(models, prepared.image, prepared.brain, device=device)
         result = case_masks(predictions, prepared.brain, prepared.geometry, settings)
         masks = {
             ("fused_majority" if source == "fused" else source): mask

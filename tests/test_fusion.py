@@ -167,3 +167,20 @@ def test_remove_small_lesions_uses_26_connectivity_and_ml():
     assert kept.dtype == np.uint8 and int(kept.sum()) == 8 and kept[6:8, 6:8, 6:8].all()
     assert not remove_small_lesions(mask, 0.017, spacing).any()  # 9 voxels needed
     assert not remove_small_lesions(np.zeros_like(mask), 1.0, spacing).any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_remove_small_lesions_in_the_box_equals_the_whole_volume(seed):
+    import cc3d
+
+    from stroke_ray.fusion import remove_small_lesions
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((20, 24, 16), np.uint8)
+    low, high = rng.integers(0, 6, 3), rng.integers(14, 17, 3)  # lesions reach the array's edges
+    box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    mask[box] = rng.random(mask[box].shape) < 0.08
+    whole = cc3d.dust(mask, threshold=5, connectivity=26, binary_image=True)
+    kept = remove_small_lesions(mask, 0.005, (1.0, 1.0, 1.0))
+    assert kept.dtype == np.uint8 and 0 < kept.sum() < mask.sum()
+    np.testing.assert_array_equal(kept, whole.astype(np.uint8))

@@ -150,14 +150,16 @@ def test_pretrained_encoder_file_is_frozen_then_fine_tuned(
 def test_bad_cases_are_skipped_with_a_reason(ray_local, demo_manifest, tmp_path):
     from stroke_ray.cohort import load_cohort
     from stroke_ray.train import TrainError, screen_cases
+    from stroke_ray.volumes import Inputs
 
     cohort = tmp_path / "cohort"
     shutil.copytree(demo_manifest.parent, cohort)
     (cohort / "demo_003" / "demo_003_dwi.nii.gz").write_bytes(b"not a nifti file")
-    usable, skipped = screen_cases(load_cohort(str(cohort / "manifest.csv")), None)
+    cases = load_cohort(str(cohort / "manifest.csv"))
+    usable, skipped, spacings = screen_cases(cases, None, Inputs())
     assert "demo_003" not in {case.case_id for case in usable}
     assert "demo_003" in skipped and "dwi" in skipped["demo_003"] and "NIfTI" in skipped["demo_003"]
-    assert len(usable) == 4
+    assert len(usable) == 4 and set(spacings) == {case.case_id for case in usable}
 
     from stroke_ray.train import train
 
@@ -201,3 +203,18 @@ def test_more_workers_than_training_cases_is_named(tmp_path):
     assert len(_split(replace(config, workers_per_plane=3), cases, 4, {})["train"]) == 3
     with pytest.raises(TrainError, match="--workers-per-plane 4 exceeds the 3 training"):
         _split(replace(config, workers_per_plane=4), cases, 4, {})
+
+
+def test_ray_train_report_lines_are_quiet_in_the_worker_loop():
+    import logging
+
+    from ray.train.v2._internal.execution import context, storage
+
+    from stroke_ray.train import quiet_ray_train_reports
+
+    for module in (context, storage):
+        module.logger.setLevel(logging.NOTSET)
+    quiet_ray_train_reports()
+    for module in (context, storage):
+        assert not module.logger.isEnabledFor(logging.INFO)
+        assert module.logger.isEnabledFor(logging.WARNING)
