@@ -1,6 +1,7 @@
 """Before/after tables of `stroke-ray experiment` folders: per arm, plane and fusion mode, mean
 Dice, lesion-wise F1 and HD95 over the held-out cases (with how many cases each mean covers),
-plus each arm's validation figures from its run.json.
+each fusion mode against each plane case by case (mean paired difference, its 95 % bootstrap
+interval, wins/ties/losses), plus each arm's validation figures from its run.json.
 
     python -m benchmarks.accuracy_table LABEL=EXP_DIR [LABEL=EXP_DIR ...] --name NAME
 
@@ -16,12 +17,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from benchmarks.common import RESULTS_DIR
 from stroke_ray.outputs import grouped_summary
 
 METRICS = ("dice", "lesion_f1", "hd95_mm")
+PAIRED_METRICS = ("dice", "lesion_f1")
+PLANES = ("axial", "coronal", "sagittal")
+BOOTSTRAP_SAMPLES = 10_000
 SOURCES = ("axial", "coronal", "sagittal", "fused_majority", "fused_weighted", "fused_soft")
 
 
@@ -48,6 +53,57 @@ def _arm(label: str, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         validation[f"val_fused_score_{source}"] = values.get("score")
     validation["suggested_min_lesion_ml"] = run.get("suggested_min_lesion_ml")
     return frame.assign(arm=label), validation
+
+
+def paired_differences(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per arm, fusion mode, plane and metric: fused − plane over the cases both scored (a case
+    is (fold, case_id) in a cross-validation), with a percentile bootstrap 95 % interval."""
+    keys = ["fold", "case_id"] if "fold" in rows and rows["fold"].notna().any() else ["case_id"]
+    rng = np.random.default_rng(0)
+    out = []
+    for (arm, metric), wide in (
+        (key, rows[rows["arm"] == key[0]].pivot_table(index=keys, columns="source", values=key[1]))
+        for key in ((a, m) for a in rows["arm"].unique() for m in PAIRED_METRICS)
+    ):
+        for fused in (c for c in SOURCES if c.startswith("fused_") and c in wide):
+            for plane in (p for p in PLANES if p in wide):
+                diff = (wide[fused] - wide[plane]).dropna().to_numpy()
+                if not diff.size:
+                    continue
+                means = rng.choice(diff, (BOOTSTRAP_SAMPLES, diff.size)).mean(axis=1)
+                low, high = np.percentile(means, [2.5, 97.5])
+                out.append({
+                    "arm": arm, "metric": metric, "fused": fused, "plane": plane,
+                    "cases": int(diff.size), "mean_diff": float(diff.mean()),
+                    "ci_low": float(low), "ci_high": float(high),
+                    "wins": int((diff > 1e-9).sum()), "ties": int((abs(diff) <= 1e-9).sum()),
+                    "losses": int((diff < -1e-9).sum()),
+                })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def _paired_markdown(paired: pd.DataFrame) -> list[str]:
+    lines = [
+        "",
+        "Fused − plane, case by case (percentage points; 95 % bootstrap interval; wins/ties/losses):",
+        "",
+        "| arm | metric | fused | − axial | − coronal | − sagittal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (arm, metric, fused), group in paired.groupby(["arm", "metric", "fused"], sort=False):
+        cells = []
+        for plane in PLANES:
+            match = group[group["plane"] == plane]
+            if match.empty:
+                cells.append("")
+                continue
+            r = match.iloc[0]
+            cells.append(
+                f"{100 * r.mean_diff:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}] "
+                f"{r.wins}/{r.ties}/{r.losses}"
+            )
+        lines.append(f"| {arm} | {metric} | {fused} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
@@ -95,6 +151,9 @@ def main() -> None:
             cells.append(f"{mean:.1f} ± {sd:.1f}")
         covered = "/".join(str(int(row[f"{metric}_cases"])) for metric in METRICS)
         lines.append(f"| {row['arm']} | {row['source']} | " + " | ".join(cells) + f" | {covered} |")
+    paired = paired_differences(rows)
+    paired.to_csv(out / f"{args.name}_paired.csv", index=False)
+    lines.extend(_paired_markdown(paired))
     markdown = "\n".join(lines) + "\n"
     (out / f"{args.name}.md").write_text(markdown)
     print(markdown)
