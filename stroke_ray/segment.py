@@ -14,9 +14,6 @@ more than the cases in flight (memory does not grow with the cohort). Rows carry
    fuse, map back to the source geometry, metrics), then the NIfTI outputs (the fused mask
    flat or as BIDS derivatives, ``--layout``) and the case's metric part (atomically, last).
 
-Read and write tasks do their work at the lowest CPU priority (:mod:`stroke_ray.priority`):
-on a CPU node they take the cycles the model actors leave instead of stalling their threads.
-
 Each stage times itself (wall and process CPU seconds) into the row; the job writes them,
 with Ray Data's per-operator stats, into ``OUT/throughput.json`` (:mod:`stroke_ray.throughput`).
 
@@ -67,7 +64,6 @@ from stroke_ray.outputs import (
     write_case_rows,
 )
 from stroke_ray.preprocess import Prepared, prepare
-from stroke_ray.priority import at_low_priority
 from stroke_ray.runs import finished_run, load_plane_models, run_inputs
 from stroke_ray.throughput import STAGES, throughput_record
 from stroke_ray.volumes import CaseError, Inputs, read_case
@@ -149,14 +145,9 @@ def read_stage(
     options_ref: Any = None,
     spacing_mm: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Stage 1 (tasks, at low priority): read, validate and prepare one case's ``inputs`` (the
-    run's), resampled to the run's ``spacing_mm`` if any; a case row in, a work row out."""
-    return at_low_priority(_read, Case.from_dict(row), inputs, _options(options_ref), spacing_mm)
-
-
-def _read(
-    case: Case, inputs: Inputs, options: StorageOptions, spacing_mm: list[float] | None
-) -> dict[str, Any]:
+    """Stage 1 (tasks): read, validate and prepare one case's ``inputs`` (the run's),
+    resampled to the run's ``spacing_mm`` if any; a case row in, a work row out."""
+    case = Case.from_dict(row)
     work = CaseWork(
         case_id=case.case_id,
         subject=case.subject,
@@ -165,7 +156,7 @@ def _read(
     )
     with _StageTimer(work, "read"):
         try:
-            volumes = read_case(case, options, inputs=inputs)
+            volumes = read_case(case, _options(options_ref), inputs=inputs)
             work.prepared = prepare(volumes, spacing_mm)
             work.header = volumes.header
             work.spacing_mm = volumes.spacing_mm
@@ -318,8 +309,8 @@ class CaseWriter:
 
 
 def write_stage(row: dict[str, Any], settings: WriteSettings, options_ref: Any = None) -> dict:
-    """Stage 3 (tasks, at low priority): write one case; return its summary row."""
-    return at_low_priority(CaseWriter(settings, _options(options_ref)), row)
+    """Stage 3 (tasks): write one case; return its summary row."""
+    return CaseWriter(settings, _options(options_ref))(row)
 
 
 def threads_per_actor(node_cpus: list[float], num_actors: int) -> int:

@@ -7,8 +7,7 @@ Every ``segment`` job that segments at least one case writes ``throughput.json``
   ``slices_per_s``;
 - ``stage_seconds``: per stage (``read``, ``predict``, ``write``) the wall seconds summed over
   cases (the stages overlap, so their sum exceeds the wall time) and per case; the per-case
-  timings are measured inside each stage and carried by the rows (read and write run at low
-  priority: on a CPU node their wall seconds include waiting for the cores the model uses);
+  timings are measured inside each stage and carried by the rows;
 - ``cpu_seconds_measured``: process CPU time of the stages (all threads), summed over cases;
   ``cpu_seconds_reserved`` = cluster CPUs × wall; ``gpu_seconds_reserved`` = actors × GPUs per
   actor × wall (0 without ``--use-gpu``);
