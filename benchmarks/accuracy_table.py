@@ -61,12 +61,13 @@ def paired_differences(rows: pd.DataFrame) -> pd.DataFrame:
     keys = ["fold", "case_id"] if "fold" in rows and rows["fold"].notna().any() else ["case_id"]
     rng = np.random.default_rng(0)
     out = []
-    for (arm, metric), wide in (
-        (key, rows[rows["arm"] == key[0]].pivot_table(index=keys, columns="source", values=key[1]))
-        for key in ((a, m) for a in rows["arm"].unique() for m in PAIRED_METRICS)
-    ):
-        for fused in (c for c in SOURCES if c.startswith("fused_") and c in wide):
-            for plane in (p for p in PLANES if p in wide):
+    for arm in rows["arm"].unique():
+        arm_rows = rows[rows["arm"] == arm]
+        for metric in PAIRED_METRICS:
+            wide = arm_rows.pivot_table(index=keys, columns="source", values=metric)
+            fused_sources = [c for c in SOURCES if c.startswith("fused_") and c in wide]
+            pairs = [(f, p) for f in fused_sources for p in PLANES if p in wide]
+            for fused, plane in pairs:
                 diff = (wide[fused] - wide[plane]).dropna().to_numpy()
                 if not diff.size:
                     continue

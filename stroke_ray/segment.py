@@ -44,6 +44,7 @@ from stroke_ray.cohort import Case, ManifestError, find_cohort
 from stroke_ray.config import FUSION_MODES, SegmentConfig, public_dict
 from stroke_ray.derivatives import sidecar, sidecar_uri, write_dataset_files
 from stroke_ray.fingerprint import ensure_same_definition
+from stroke_ray.fusion import THRESHOLD
 from stroke_ray.inference import PlanePrediction, predict_planes, resolve_precision
 from stroke_ray.io import (
     StorageOptions,
@@ -363,7 +364,7 @@ def _warnings(run: dict[str, Any], fusion: str) -> list[str]:
     if len(planes) >= 3:
         return []
     rule = (
-        "a voxel is lesion where the planes' mean probability is at least 0.5"
+        f"a voxel is lesion where the planes' mean probability is at least {THRESHOLD:g}"
         if fusion == "soft"
         else "a voxel is lesion only where more than half of the (weighted) votes say so, so "
         "two planes must agree"
